@@ -1,0 +1,172 @@
+"""Per-architecture geometry: where the blocks, attention output projections and heads are.
+
+Everything outside ``fvtrain.models`` asks an :class:`Adapter` instead of reaching into a Hugging
+Face model. Supporting a new architecture means adding one :class:`ArchSpec` to ``ARCHITECTURES``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+class UnsupportedArchitectureError(ValueError):
+    """The model's ``config.model_type`` has no adapter."""
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """Dotted attribute paths inside a ``*ForCausalLM`` model.
+
+    ``blocks`` is the ModuleList of decoder blocks, ``out_proj`` the attention output projection
+    relative to one block, ``final_norm`` the norm applied before the unembedding.
+    ``conv1d`` marks GPT-2's ``Conv1D`` whose weight is stored ``[in, out]``.
+    """
+
+    blocks: str
+    out_proj: str
+    final_norm: str
+    conv1d: bool = False
+
+
+_LLAMA_LIKE = ArchSpec("model.layers", "self_attn.o_proj", "model.norm")
+
+ARCHITECTURES: dict[str, ArchSpec] = {
+    "llama": _LLAMA_LIKE,
+    "mistral": _LLAMA_LIKE,
+    "qwen2": _LLAMA_LIKE,
+    "qwen3": _LLAMA_LIKE,
+    "gemma": _LLAMA_LIKE,
+    "gemma2": _LLAMA_LIKE,
+    "gemma3_text": _LLAMA_LIKE,
+    "phi3": _LLAMA_LIKE,
+    "olmo2": _LLAMA_LIKE,
+    "gpt2": ArchSpec("transformer.h", "attn.c_proj", "transformer.ln_f", conv1d=True),
+    "gptj": ArchSpec("transformer.h", "attn.out_proj", "transformer.ln_f"),
+    "gpt_neox": ArchSpec("gpt_neox.layers", "attention.dense", "gpt_neox.final_layer_norm"),
+}
+
+HOW_TO_ADD = (
+    "to add one, register an ArchSpec(blocks=..., out_proj=..., final_norm=...) for it in "
+    "fvtrain.models.adapters.ARCHITECTURES (see the README section 'Adding an architecture')"
+)
+
+
+def _get(root: nn.Module, dotted: str) -> nn.Module:
+    obj = root
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _cfg(config, *names: str, default=None):
+    for n in names:
+        v = getattr(config, n, None)
+        if v is not None:
+            return v
+    return default
+
+
+class Adapter:
+    """Geometry and module access for one loaded causal LM."""
+
+    def __init__(self, model: nn.Module) -> None:
+        config = model.config
+        model_type = getattr(config, "model_type", None)
+        if model_type not in ARCHITECTURES:
+            raise UnsupportedArchitectureError(
+                f"unsupported architecture model_type={model_type!r}; supported: "
+                f"{', '.join(sorted(ARCHITECTURES))}; {HOW_TO_ADD}"
+            )
+        self.model_type: str = model_type
+        self.spec = ARCHITECTURES[model_type]
+        self.model = model
+        self.blocks: nn.ModuleList = _get(model, self.spec.blocks)
+        self.n_layers: int = len(self.blocks)
+        self.n_heads: int = int(_cfg(config, "num_attention_heads", "n_head"))
+        self.n_kv_heads: int = int(_cfg(config, "num_key_value_heads", default=self.n_heads))
+        self.d_model: int = int(_cfg(config, "hidden_size", "n_embd"))
+        # The projection's input width is the truth: Gemma and Qwen3 have head_dim * heads != d_model.
+        in_features = self._out_proj_in_features(self.out_proj(0))
+        if in_features % self.n_heads:
+            raise ValueError(
+                f"{model_type}: attention output projection takes {in_features} features, "
+                f"not a multiple of {self.n_heads} heads"
+            )
+        self.head_dim: int = in_features // self.n_heads
+        declared = getattr(config, "head_dim", None)
+        if declared is not None and int(declared) != self.head_dim:
+            raise ValueError(
+                f"{model_type}: config.head_dim={declared} but the output projection implies "
+                f"{self.head_dim}"
+            )
+        self.final_norm: nn.Module = _get(model, self.spec.final_norm)
+        self.unembedding: nn.Module = model.get_output_embeddings()
+        self.logit_softcap: float | None = _cfg(config, "final_logit_softcapping")
+
+    # -- modules ---------------------------------------------------------------------------
+    def block(self, layer: int) -> nn.Module:
+        return self.blocks[self.check_layer(layer)]
+
+    def out_proj(self, layer: int) -> nn.Module:
+        return _get(self.blocks[layer], self.spec.out_proj)
+
+    def _out_proj_in_features(self, proj: nn.Module) -> int:
+        if self.spec.conv1d:
+            return int(proj.weight.shape[0])
+        return int(proj.weight.shape[1])
+
+    # -- geometry --------------------------------------------------------------------------
+    def check_layer(self, layer: int) -> int:
+        if not isinstance(layer, int) or isinstance(layer, bool):
+            raise TypeError(f"layer must be an int, got {layer!r}")
+        if not 0 <= layer < self.n_layers:
+            raise ValueError(
+                f"layer {layer} is out of range for this {self.model_type} model with "
+                f"{self.n_layers} layers (valid: 0..{self.n_layers - 1})"
+            )
+        return layer
+
+    def check_head(self, head: int) -> int:
+        if not 0 <= head < self.n_heads:
+            raise ValueError(
+                f"head {head} is out of range for this {self.model_type} model with "
+                f"{self.n_heads} heads per layer (valid: 0..{self.n_heads - 1})"
+            )
+        return head
+
+    def out_proj_weight(self, layer: int) -> torch.Tensor:
+        """``W_O`` of ``layer`` as ``[d_model, n_heads * head_dim]`` (the ``y = W x`` form)."""
+        w = self.out_proj(self.check_layer(layer)).weight
+        return w.t() if self.spec.conv1d else w
+
+    def out_proj_bias(self, layer: int) -> torch.Tensor | None:
+        return getattr(self.out_proj(self.check_layer(layer)), "bias", None)
+
+    def head_slice(self, head: int) -> slice:
+        self.check_head(head)
+        return slice(head * self.head_dim, (head + 1) * self.head_dim)
+
+    def head_contribution(self, layer: int, head: int, value: torch.Tensor) -> torch.Tensor:
+        """``W_O[:, slice(head)] @ value``: one head's write into the residual stream (no bias)."""
+        w = self.out_proj_weight(layer)[:, self.head_slice(head)]
+        return value.to(w.dtype).to(w.device) @ w.t()
+
+    def unembed(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits of residual-stream vectors: final norm, unembedding, and any logit soft-cap."""
+        logits = self.unembedding(self.final_norm(hidden))
+        if self.logit_softcap:
+            logits = torch.tanh(logits / self.logit_softcap) * self.logit_softcap
+        return logits
+
+    def describe(self) -> dict:
+        return {
+            "model_type": self.model_type,
+            "n_layers": self.n_layers,
+            "n_heads": self.n_heads,
+            "n_kv_heads": self.n_kv_heads,
+            "head_dim": self.head_dim,
+            "d_model": self.d_model,
+        }

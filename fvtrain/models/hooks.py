@@ -1,0 +1,180 @@
+"""Forward hooks as context managers: inject, record and patch.
+
+All three work on batched, left-padded inputs with per-row positions (default: the last column,
+which is every row's last real token under left padding), can be nested, and remove themselves
+on exit, also when the body raises. ``positions`` may be an int (same column for every row, negative
+counts from the end) or a ``[rows]`` LongTensor.
+"""
+
+from __future__ import annotations
+
+from contextlib import ExitStack, contextmanager
+from typing import Iterator, Sequence
+
+import torch
+
+from fvtrain.models.adapters import Adapter
+
+Positions = int | torch.Tensor | None
+
+
+def _columns(positions: Positions, n_rows: int, seq_len: int, device) -> torch.Tensor:
+    if positions is None:
+        positions = -1
+    if isinstance(positions, int):
+        col = positions if positions >= 0 else seq_len + positions
+        if not 0 <= col < seq_len:
+            raise IndexError(f"position {positions} outside a sequence of length {seq_len}")
+        return torch.full((n_rows,), col, dtype=torch.long, device=device)
+    pos = positions.to(device=device, dtype=torch.long)
+    if pos.shape != (n_rows,):
+        raise ValueError(f"positions must have shape ({n_rows},), got {tuple(pos.shape)}")
+    return torch.where(pos < 0, pos + seq_len, pos)
+
+
+def _rows(rows: torch.Tensor | None, batch: int, device) -> torch.Tensor:
+    if rows is None:
+        return torch.arange(batch, device=device)
+    return rows.to(device=device, dtype=torch.long)
+
+
+@contextmanager
+def inject(
+    adapter: Adapter,
+    vectors: torch.Tensor,
+    layer: int,
+    positions: Positions = None,
+    rows: torch.Tensor | None = None,
+    first_call_only: bool = False,
+) -> Iterator[None]:
+    """Add ``vectors`` to the output of block ``layer``.
+
+    ``vectors`` is one shared ``[d_model]`` vector or ``[n, d_model]`` with one row per edited
+    batch row (``rows``, default all rows). With ``first_call_only`` only the first forward is
+    edited: under ``generate()`` that is the prompt, so only its last position changes and the
+    new tokens see the edit through the cache.
+    """
+    block = adapter.block(layer)
+    calls = 0
+
+    def hook(module, args, output):
+        nonlocal calls
+        calls += 1
+        if first_call_only and calls > 1:
+            return output
+        hidden = output[0] if isinstance(output, tuple) else output
+        b, t, _ = hidden.shape
+        r = _rows(rows, b, hidden.device)
+        cols = _columns(positions, len(r), t, hidden.device)
+        v = vectors.to(device=hidden.device, dtype=hidden.dtype)
+        if v.dim() == 1:
+            v = v.expand(len(r), -1)
+        # Out of place, so autograd can flow into the vector and the frozen output is untouched.
+        hidden = hidden.index_put((r, cols), v, accumulate=True)
+        if isinstance(output, tuple):
+            return (hidden,) + tuple(output[1:])
+        return hidden
+
+    handle = block.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+@contextmanager
+def inject_many(
+    adapter: Adapter,
+    edits: Sequence[tuple[int, torch.Tensor, torch.Tensor | None]],
+    positions: Positions = None,
+) -> Iterator[None]:
+    """Several injections at once: ``(layer, vectors, rows)`` each (e.g. one layer per row)."""
+    with ExitStack() as stack:
+        for layer, vecs, rows in edits:
+            stack.enter_context(inject(adapter, vecs, layer, positions=positions, rows=rows))
+        yield
+
+
+@contextmanager
+def record_heads(
+    adapter: Adapter,
+    layers: Sequence[int] | None = None,
+    positions: Positions = None,
+) -> Iterator[dict[int, torch.Tensor]]:
+    """Record per-head inputs of the attention output projection.
+
+    Yields a dict filled during the forward: ``layer -> [batch, n_heads, head_dim]`` at each
+    row's position (a later forward overwrites the entry).
+    """
+    layers = list(range(adapter.n_layers)) if layers is None else [adapter.check_layer(l) for l in layers]
+    store: dict[int, torch.Tensor] = {}
+    H, D = adapter.n_heads, adapter.head_dim
+
+    def make(layer: int):
+        def pre_hook(module, args):
+            x = args[0]
+            b, t, _ = x.shape
+            cols = _columns(positions, b, t, x.device)
+            picked = x[torch.arange(b, device=x.device), cols]
+            store[layer] = picked.detach().reshape(b, H, D)
+
+        return pre_hook
+
+    handles = [adapter.out_proj(l).register_forward_pre_hook(make(l)) for l in layers]
+    try:
+        yield store
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@contextmanager
+def patch_heads(
+    adapter: Adapter,
+    layers: torch.Tensor | Sequence[int],
+    heads: torch.Tensor | Sequence[int],
+    values: torch.Tensor,
+    rows: torch.Tensor | Sequence[int] | None = None,
+    positions: Positions = None,
+) -> Iterator[None]:
+    """Replace head slices of the output projection's input with ``values``.
+
+    Entry ``i`` sets head ``heads[i]`` of layer ``layers[i]`` in batch row ``rows[i]`` (default
+    ``i``) at that row's position to ``values[i]`` (``[head_dim]``). Rows may repeat, so one row
+    can patch several heads, or every row a different head (the fast AIE batch).
+    """
+    layers = torch.as_tensor(layers, dtype=torch.long)
+    heads = torch.as_tensor(heads, dtype=torch.long)
+    n = len(layers)
+    rows = torch.arange(n) if rows is None else torch.as_tensor(rows, dtype=torch.long)
+    if not (len(heads) == len(rows) == n == values.shape[0]):
+        raise ValueError("layers, heads, rows and values must have the same length")
+    if values.shape[-1] != adapter.head_dim:
+        raise ValueError(f"values must be [n, head_dim={adapter.head_dim}], got {tuple(values.shape)}")
+    for l in layers.unique().tolist():
+        adapter.check_layer(int(l))
+    if n and (heads.min() < 0 or heads.max() >= adapter.n_heads):
+        raise ValueError(f"head index out of range 0..{adapter.n_heads - 1}")
+    H, D = adapter.n_heads, adapter.head_dim
+
+    def make(sel: torch.Tensor):
+        def pre_hook(module, args):
+            x = args[0]
+            b, t, _ = x.shape
+            r = rows[sel].to(x.device)
+            cols = _columns(positions, b, t, x.device)[r]
+            x4 = x.reshape(b, t, H, D).clone()
+            x4[r, cols, heads[sel].to(x.device)] = values[sel].to(device=x.device, dtype=x.dtype)
+            return (x4.reshape(b, t, H * D),) + tuple(args[1:])
+
+        return pre_hook
+
+    handles = []
+    try:
+        for l in layers.unique().tolist():
+            sel = (layers == l).nonzero(as_tuple=True)[0]
+            handles.append(adapter.out_proj(int(l)).register_forward_pre_hook(make(sel)))
+        yield
+    finally:
+        for h in handles:
+            h.remove()

@@ -1,0 +1,260 @@
+"""The frozen language model and the only object that touches its internals.
+
+:class:`FrozenLM` is deliberately *not* an ``nn.Module``: a LightningModule can hold it as an
+attribute without the frozen weights entering its state dict, optimiser or checkpoints.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import torch
+
+from fvtrain.models import hooks
+from fvtrain.models.adapters import Adapter
+from fvtrain.models.loading import ModelSource
+from fvtrain.prompts import PromptBatch, PromptTemplate, make_batch
+
+
+class SelfCheckError(RuntimeError):
+    """A start-up check found that hooks do not reach the model."""
+
+
+@dataclass
+class Scores:
+    """Per-example scores of a :class:`PromptBatch`."""
+
+    first_prob: torch.Tensor  # P(first target token)
+    first_logprob: torch.Tensor
+    target_logprob: torch.Tensor  # sum of log P over all target tokens
+    correct: torch.Tensor  # top-1 at the last prompt position is the first token of an accepted answer
+    argmax: torch.Tensor
+
+
+def position_ids_for(attention_mask: torch.Tensor, n_new: int | None = None) -> torch.Tensor:
+    """Positions that ignore left padding (a plain forward would count the pads)."""
+    pos = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    return pos if n_new is None else pos[:, -n_new:]
+
+
+class FrozenLM:
+    """A causal LM in eval mode with every parameter frozen, plus its tokenizer and geometry."""
+
+    def __init__(self, model, tokenizer, source: ModelSource | None = None) -> None:
+        model.eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        self.model = model
+        self.tokenizer = tokenizer
+        self.source = source or ModelSource(getattr(model.config, "_name_or_path", "model"), "object")
+        self.adapter = Adapter(model)
+
+    # -- geometry shortcuts ----------------------------------------------------------------
+    @property
+    def n_layers(self) -> int:
+        return self.adapter.n_layers
+
+    @property
+    def n_heads(self) -> int:
+        return self.adapter.n_heads
+
+    @property
+    def head_dim(self) -> int:
+        return self.adapter.head_dim
+
+    @property
+    def d_model(self) -> int:
+        return self.adapter.d_model
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.get_input_embeddings().weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.get_input_embeddings().weight.dtype
+
+    @property
+    def model_id(self) -> str:
+        return self.source.name
+
+    def describe(self) -> dict:
+        return {**self.source.to_dict(), **self.adapter.describe()}
+
+    def check_layer(self, layer: int) -> int:
+        return self.adapter.check_layer(layer)
+
+    def default_layer(self) -> int:
+        """About a third of the way up (GPT-J: 9 of 28), the design's default injection layer."""
+        return max(0, round(self.n_layers / 3))
+
+    def to(self, device) -> "FrozenLM":
+        self.model.to(device)
+        return self
+
+    # -- forward passes --------------------------------------------------------------------
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        past_key_values=None,
+        logits_to_keep: int | torch.Tensor = 1,
+        use_cache: bool = False,
+    ):
+        """One forward with padding-aware positions; ``attention_mask`` covers cache + input."""
+        dev = self.device
+        attention_mask = attention_mask.to(dev)
+        if isinstance(logits_to_keep, torch.Tensor):
+            logits_to_keep = logits_to_keep.to(dev)
+        return self.model(
+            input_ids=input_ids.to(dev),
+            attention_mask=attention_mask,
+            position_ids=position_ids_for(attention_mask, input_ids.shape[1]),
+            past_key_values=past_key_values,
+            use_cache=use_cache or past_key_values is not None,
+            logits_to_keep=logits_to_keep,
+        )
+
+    def batch(
+        self,
+        prompts: Sequence[str],
+        answers: Sequence[str | Sequence[str]],
+        template: PromptTemplate | None = None,
+    ) -> PromptBatch:
+        return make_batch(self.tokenizer, prompts, answers, template)
+
+    def score(
+        self,
+        batch: PromptBatch,
+        vector: torch.Tensor | None = None,
+        layer: int | None = None,
+    ) -> Scores:
+        """First-token probability, full target log-probability and top-1 correctness.
+
+        Logits are computed only at the columns that predict target tokens. With ``vector`` the
+        vector (``[d]`` or ``[B, d]``) is added at the last prompt token of block ``layer``.
+        """
+        P, M = batch.prompt_len, batch.target_ids.shape[1]
+        keep = torch.arange(P - 1, P - 1 + M)
+        with torch.no_grad(), self._maybe_inject(vector, layer, P - 1):
+            out = self.forward(batch.input_ids, batch.attention_mask, logits_to_keep=keep)
+        return self._scores(out.logits, batch)
+
+    def _scores(self, logits: torch.Tensor, batch: PromptBatch) -> Scores:
+        logp = logits.float().log_softmax(-1)
+        tgt = batch.target_ids.to(logp.device)
+        mask = batch.target_mask.to(logp.device).float()
+        tok_lp = logp[:, : tgt.shape[1]].gather(-1, tgt.unsqueeze(-1)).squeeze(-1) * mask
+        argmax = logits[:, 0].argmax(-1)
+        firsts = batch.first_token_matrix().to(argmax.device)
+        correct = (argmax.unsqueeze(1) == firsts).any(-1)
+        return Scores(tok_lp[:, 0].exp(), tok_lp[:, 0], tok_lp.sum(-1), correct, argmax)
+
+    @contextmanager
+    def _maybe_inject(self, vector, layer, position) -> Iterator[None]:
+        if vector is None:
+            yield
+            return
+        if layer is None:
+            raise ValueError("a vector needs a layer to be injected at")
+        with self.inject(vector, layer, positions=position):
+            yield
+
+    # -- hooks -----------------------------------------------------------------------------
+    def inject(self, vectors: torch.Tensor, layer: int, positions=None, rows=None,
+               first_call_only: bool = False):
+        """Context manager adding ``vectors`` to block ``layer``'s output (see hooks.inject)."""
+        self._check_vector(vectors)
+        return hooks.inject(self.adapter, vectors, layer, positions, rows, first_call_only)
+
+    def record_heads(self, layers=None, positions=None):
+        """Context manager yielding ``{layer: [B, heads, head_dim]}`` o_proj inputs."""
+        return hooks.record_heads(self.adapter, layers, positions)
+
+    def patch_heads(self, layers, heads, values, rows=None, positions=None):
+        """Context manager replacing head slices of the o_proj input (see hooks.patch_heads)."""
+        return hooks.patch_heads(self.adapter, layers, heads, values, rows, positions)
+
+    def _check_vector(self, v: torch.Tensor) -> None:
+        if v.shape[-1] != self.d_model:
+            raise ValueError(
+                f"vector has size {v.shape[-1]} but this model's d_model is {self.d_model} "
+                f"({self.model_id}); was it made for another model?"
+            )
+
+    # -- generation and decoding -----------------------------------------------------------
+    def generate(
+        self,
+        prompts: Sequence[str],
+        max_new_tokens: int = 5,
+        vector: torch.Tensor | None = None,
+        layer: int | None = None,
+    ) -> list[str]:
+        """Greedy continuations; a vector edits only the prompt's last position."""
+        tok = self.tokenizer
+        enc = [tok(p, add_special_tokens=True)["input_ids"] for p in prompts]
+        T = max(map(len, enc))
+        pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+        ids = torch.full((len(enc), T), pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, e in enumerate(enc):
+            ids[i, T - len(e):] = torch.tensor(e)
+            mask[i, T - len(e):] = 1
+        ctx = (self.inject(vector, layer, positions=-1, first_call_only=True)
+               if vector is not None else _null())
+        with torch.no_grad(), ctx:
+            out = self.model.generate(
+                input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad,
+            )
+        return tok.batch_decode(out[:, T:], skip_special_tokens=True)
+
+    def logit_lens(self, vector: torch.Tensor, k: int = 10) -> list[tuple[str, float]]:
+        """Top-k tokens of a vector read through the final norm and unembedding."""
+        self._check_vector(vector)
+        with torch.no_grad():
+            logits = self.adapter.unembed(vector.to(self.device, self.dtype).reshape(1, 1, -1))[0, 0]
+        top = logits.float().topk(k)
+        return [(self.tokenizer.decode([int(i)]), float(v)) for v, i in zip(top.values, top.indices)]
+
+    # -- start-up check --------------------------------------------------------------------
+    def self_check(self, layer: int | None = None) -> float:
+        """Prove that an injection changes the logits and that hooks leave no trace.
+
+        Returns the largest logit change. Raises :class:`SelfCheckError` otherwise: an injection
+        that silently does nothing would make every later number meaningless.
+        """
+        layer = self.default_layer() if layer is None else self.check_layer(layer)
+        batch = self.batch(["Q: hot\nA:"], ["cold"])
+        with torch.no_grad():
+            base = self.forward(batch.prompt_ids, batch.prompt_mask)
+            base_logits = base.logits[0, -1].float()
+            g = torch.Generator().manual_seed(0)
+            v = torch.randn(self.d_model, generator=g)
+            hidden = self.model(
+                input_ids=batch.prompt_ids.to(self.device),
+                attention_mask=batch.prompt_mask.to(self.device),
+                output_hidden_states=True,
+            ).hidden_states[layer + 1][0, -1].float()
+            v = v / v.norm() * max(float(hidden.norm()), 1.0) * 4
+            with self.inject(v, layer):
+                edited = self.forward(batch.prompt_ids, batch.prompt_mask).logits[0, -1].float()
+            after = self.forward(batch.prompt_ids, batch.prompt_mask).logits[0, -1].float()
+        delta = float((edited - base_logits).abs().max())
+        if not delta > 1e-4:
+            raise SelfCheckError(
+                f"injection self-check failed: adding a vector to block {layer} of "
+                f"{self.adapter.model_type} did not change the logits (max change {delta:.2e}); "
+                "the block-output hook does not reach the residual stream with this transformers "
+                "version"
+            )
+        if not torch.equal(after, base_logits):
+            raise SelfCheckError("hooks left a trace: logits differ after the injection context exited")
+        return delta
+
+
+@contextmanager
+def _null() -> Iterator[None]:
+    yield

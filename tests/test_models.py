@@ -1,0 +1,296 @@
+"""Model wrapper, architecture adapters and hooks on tiny random models of several families."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from fvtrain.models import ModelNotFoundError, UnsupportedArchitectureError, load_model
+from fvtrain.models.wrapper import FrozenLM
+
+PROMPTS = ["Q: hot\nA:", "Q: the quick brown fox\nA:", "Q: up\nA:", "Q: a b c d e f g\nA:"]
+ANSWERS = ["cold", "dog", ["down", "under"], "house"]
+
+
+def _hooks_left(model: nn.Module) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+def test_geometry_matches_projection(tiny_lm):
+    a = tiny_lm.adapter
+    w = a.out_proj_weight(0)
+    assert w.shape == (a.d_model, a.n_heads * a.head_dim)
+    assert a.n_kv_heads <= a.n_heads
+
+
+def test_head_dim_differs_from_hidden_over_heads():
+    lm = load_model("tiny-qwen3")
+    assert lm.head_dim * lm.n_heads != lm.d_model
+    assert lm.head_dim == lm.model.config.head_dim
+
+
+def test_recorded_heads_reproduce_out_proj(tiny_lm):
+    """Per-head inputs through each head's slice of W_O, summed, plus bias once = real output."""
+    lm = tiny_lm
+    batch = lm.batch(PROMPTS, ANSWERS)
+    outputs = {}
+    handles = [
+        lm.adapter.out_proj(l).register_forward_hook(
+            lambda m, a, o, l=l: outputs.__setitem__(l, o[:, -1].detach()))
+        for l in range(lm.n_layers)
+    ]
+    try:
+        with torch.no_grad(), lm.record_heads() as rec:
+            lm.forward(batch.prompt_ids, batch.prompt_mask)
+    finally:
+        for h in handles:
+            h.remove()
+    for l in range(lm.n_layers):
+        heads = rec[l]
+        assert heads.shape == (len(PROMPTS), lm.n_heads, lm.head_dim)
+        total = sum(lm.adapter.head_contribution(l, h, heads[:, h]) for h in range(lm.n_heads))
+        bias = lm.adapter.out_proj_bias(l)
+        if bias is not None:
+            total = total + bias
+        torch.testing.assert_close(total, outputs[l], rtol=1e-5, atol=1e-5)
+
+
+class _AddAfter(nn.Module):
+    """The block, then + v at the last column, without any hook: injection 'by hand'."""
+
+    def __init__(self, block: nn.Module, v: torch.Tensor):
+        super().__init__()
+        self.block, self.v = block, v
+
+    def forward(self, *args, **kwargs):
+        out = self.block(*args, **kwargs)
+        h = out[0] if isinstance(out, tuple) else out
+        h = h.clone()
+        h[:, -1] += self.v
+        return (h,) + tuple(out[1:]) if isinstance(out, tuple) else h
+
+
+@pytest.mark.parametrize("layer", [0, 2])
+def test_injection_equals_adding_by_hand(tiny_lm, layer):
+    lm = tiny_lm
+    batch = lm.batch(PROMPTS, ANSWERS)
+    v = torch.randn(lm.d_model, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        with lm.inject(v, layer):
+            hooked = lm.forward(batch.prompt_ids, batch.prompt_mask).logits
+        blocks = lm.adapter.blocks
+        original = blocks[layer]
+        blocks[layer] = _AddAfter(original, v)
+        try:
+            by_hand = lm.forward(batch.prompt_ids, batch.prompt_mask).logits
+        finally:
+            blocks[layer] = original
+        plain = lm.forward(batch.prompt_ids, batch.prompt_mask).logits
+    torch.testing.assert_close(hooked, by_hand, rtol=1e-5, atol=1e-5)
+    assert (hooked - plain).abs().max() > 1e-4
+
+
+def test_per_row_vectors_and_rows(tiny_llama):
+    lm = tiny_llama
+    batch = lm.batch(PROMPTS, ANSWERS)
+    vs = torch.randn(2, lm.d_model, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        with lm.inject(vs, 1, rows=torch.tensor([1, 3])):
+            both = lm.forward(batch.prompt_ids, batch.prompt_mask).logits
+        with lm.inject(vs[0], 1):
+            only1 = lm.forward(batch.prompt_ids[1:2], batch.prompt_mask[1:2]).logits
+        plain = lm.forward(batch.prompt_ids, batch.prompt_mask).logits
+    torch.testing.assert_close(both[0], plain[0])
+    torch.testing.assert_close(both[2], plain[2])
+    torch.testing.assert_close(both[1], only1[0], rtol=1e-5, atol=1e-5)
+
+
+def test_batched_left_padded_equals_single(tiny_lm):
+    lm = tiny_lm
+    v = torch.randn(lm.d_model, generator=torch.Generator().manual_seed(3))
+    batch = lm.batch(PROMPTS, ANSWERS)
+    full = lm.score(batch, vector=v, layer=1)
+    with torch.no_grad(), lm.record_heads(layers=[0, 2]) as rec:
+        lm.forward(batch.prompt_ids, batch.prompt_mask)
+        rec_batched = {k: t.clone() for k, t in rec.items()}
+    for i in range(len(PROMPTS)):
+        one = lm.batch([PROMPTS[i]], [ANSWERS[i]])
+        s = lm.score(one, vector=v, layer=1)
+        torch.testing.assert_close(full.first_prob[i], s.first_prob[0], rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(full.target_logprob[i], s.target_logprob[0], rtol=1e-4, atol=1e-4)
+        assert bool(full.correct[i]) == bool(s.correct[0])
+        with torch.no_grad(), lm.record_heads(layers=[0, 2]) as rec:
+            lm.forward(one.prompt_ids, one.prompt_mask)
+            for l in (0, 2):
+                torch.testing.assert_close(rec_batched[l][i], rec[l][0], rtol=1e-4, atol=1e-5)
+
+
+def test_target_logprob_matches_full_vocabulary_forward(tiny_llama):
+    """Scoring with logits only at the target columns equals a plain full-logits computation."""
+    lm = tiny_llama
+    batch = lm.batch(["Q: hot\nA:"], ["big dog"])
+    s = lm.score(batch)
+    ids = batch.input_ids
+    with torch.no_grad():
+        logits = lm.model(input_ids=ids).logits[0].log_softmax(-1)
+    P = batch.prompt_len
+    tgt = batch.target_ids[0]
+    expected = sum(logits[P - 1 + j, tgt[j]] for j in range(len(tgt)))
+    torch.testing.assert_close(s.target_logprob[0], expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(s.first_logprob[0], logits[P - 1, tgt[0]], rtol=1e-5, atol=1e-5)
+
+
+def test_patch_heads_with_own_values_is_identity_and_others_change(tiny_lm):
+    lm = tiny_lm
+    batch = lm.batch(PROMPTS, ANSWERS)
+    ids, mask = batch.prompt_ids, batch.prompt_mask
+    with torch.no_grad():
+        with lm.record_heads(layers=[1]) as rec:
+            plain = lm.forward(ids, mask).logits
+        own = rec[1][:, 2]  # head 2 of layer 1, every row
+        n = len(PROMPTS)
+        with lm.patch_heads([1] * n, [2] * n, own):
+            same = lm.forward(ids, mask).logits
+        with lm.patch_heads([1] * n, [2] * n, torch.zeros_like(own) + 3.0):
+            changed = lm.forward(ids, mask).logits
+    torch.testing.assert_close(same, plain, rtol=1e-5, atol=1e-5)
+    assert (changed - plain).abs().max() > 1e-4
+
+
+def test_patch_different_head_per_row(tiny_llama):
+    """Row r patches its own (layer, head): equal to patching that head alone in a 1-row batch."""
+    lm = tiny_llama
+    one = lm.batch([PROMPTS[0]], [ANSWERS[0]])
+    ids, mask = one.prompt_ids.repeat(3, 1), one.prompt_mask.repeat(3, 1)
+    layers, heads = [0, 1, 3], [1, 0, 3]
+    vals = torch.randn(3, lm.head_dim, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        with lm.patch_heads(layers, heads, vals):
+            batched = lm.forward(ids, mask).logits
+        for r in range(3):
+            with lm.patch_heads([layers[r]], [heads[r]], vals[r:r + 1]):
+                single = lm.forward(one.prompt_ids, one.prompt_mask).logits
+            torch.testing.assert_close(batched[r], single[0], rtol=1e-5, atol=1e-5)
+
+
+def test_hooks_removed_after_exit_and_exception(tiny_lm):
+    lm = tiny_lm
+    before = _hooks_left(lm.model)
+    v = torch.ones(lm.d_model)
+    with lm.inject(v, 0), lm.record_heads(), lm.patch_heads([0], [0], torch.zeros(1, lm.head_dim)):
+        assert _hooks_left(lm.model) > before
+    assert _hooks_left(lm.model) == before
+    with pytest.raises(RuntimeError, match="boom"):
+        with lm.inject(v, 0), lm.record_heads(layers=[1]):
+            raise RuntimeError("boom")
+    assert _hooks_left(lm.model) == before
+
+
+def test_generate_edits_only_prompt_last_position(tiny_llama):
+    lm = tiny_llama
+    v = torch.randn(lm.d_model, generator=torch.Generator().manual_seed(5)) * 5
+    prompt = "Q: hot\nA:"
+    got = lm.generate([prompt], max_new_tokens=2, vector=v, layer=1)
+    # By hand: step 1 with the vector at the prompt's last token; step 2 re-reads the prompt
+    # plus token 1, with the vector still only at the prompt's last token (column P-1).
+    ids = lm.tokenizer(prompt)["input_ids"]
+    P = len(ids)
+    with torch.no_grad():
+        x = torch.tensor([ids])
+        with lm.inject(v, 1, positions=P - 1):
+            t1 = int(lm.forward(x, torch.ones_like(x)).logits[0, -1].argmax())
+            x2 = torch.tensor([ids + [t1]])
+            t2 = int(lm.forward(x2, torch.ones_like(x2)).logits[0, -1].argmax())
+    assert got[0] == lm.tokenizer.decode([t1, t2], skip_special_tokens=True)
+    assert _hooks_left(lm.model) == 0
+
+
+def test_self_check_passes_on_every_family(tiny_lm):
+    assert tiny_lm.self_check() > 1e-4
+
+
+def test_self_check_detects_a_dead_hook(tiny_llama):
+    """A block whose output is recomputed after the hook (as in old transformers) is caught."""
+    from fvtrain.models.wrapper import SelfCheckError
+
+    lm = tiny_llama
+    # Simulate an architecture whose hooked module is not on the residual path.
+    dummy = nn.Linear(1, 1)
+    real_block = lm.adapter.block
+    lm.adapter.block = lambda l: dummy
+    try:
+        with pytest.raises(SelfCheckError, match="did not change the logits"):
+            lm.self_check()
+    finally:
+        lm.adapter.block = real_block
+
+
+# -- bad input ----------------------------------------------------------------------------------
+
+
+def test_layer_out_of_range_names_value(tiny_llama):
+    with pytest.raises(ValueError, match=r"layer 7 is out of range .* 4 layers \(valid: 0\.\.3\)"):
+        with tiny_llama.inject(torch.zeros(tiny_llama.d_model), 7):
+            pass
+    with pytest.raises(ValueError, match="layer -1 is out of range"):
+        tiny_llama.record_heads(layers=[-1]).__enter__()
+
+
+def test_vector_of_wrong_size(tiny_llama):
+    with pytest.raises(ValueError, match="vector has size 7 but this model's d_model is 48"):
+        tiny_llama.inject(torch.zeros(7), 0)
+
+
+def test_unknown_model_name():
+    with pytest.raises(ModelNotFoundError, match="could not load model 'no-such-org/no-such-model'"):
+        load_model("no-such-org/no-such-model")
+    with pytest.raises(ModelNotFoundError, match="unknown tiny model 'tiny-bert'"):
+        load_model("tiny-bert")
+    with pytest.raises(ModelNotFoundError, match=r"GGUF file '/nonexistent/x\.gguf' does not exist"):
+        load_model("/nonexistent/x.gguf")
+
+
+def test_local_folder_without_config(tmp_path):
+    with pytest.raises(ModelNotFoundError, match="has no config.json"):
+        load_model(str(tmp_path))
+
+
+def test_local_folder_roundtrip(tmp_path, tiny_llama):
+    tiny_llama.model.save_pretrained(tmp_path)
+    tiny_llama.tokenizer.save_pretrained(tmp_path)
+    lm = load_model(str(tmp_path))
+    b = lm.batch(PROMPTS, ANSWERS)
+    torch.testing.assert_close(lm.score(b).target_logprob, tiny_llama.score(b).target_logprob)
+    assert lm.source.kind == "dir"
+    assert not any(p.requires_grad for p in lm.model.parameters())
+    assert not lm.model.training
+
+
+def test_unknown_architecture_lists_supported():
+    import transformers as tf
+
+    from fvtrain.models.tiny import tiny_tokenizer
+
+    cfg = tf.OPTConfig(vocab_size=320, hidden_size=16, num_hidden_layers=1, ffn_dim=16,
+                       num_attention_heads=2, word_embed_proj_dim=16)
+    model = tf.AutoModelForCausalLM.from_config(cfg)
+    with pytest.raises(UnsupportedArchitectureError) as err:
+        FrozenLM(model, tiny_tokenizer())
+    msg = str(err.value)
+    assert "model_type='opt'" in msg and "gemma3_text" in msg and "llama" in msg
+    assert "ARCHITECTURES" in msg
+
+
+def test_remote_code_never_runs_by_default(tmp_path):
+    marker = tmp_path / "remote_code_ran"
+    (tmp_path / "config.json").write_text(
+        '{"model_type": "evil", "auto_map": {"AutoConfig": "configuration_evil.EvilConfig", '
+        '"AutoModelForCausalLM": "modeling_evil.EvilModel"}}'
+    )
+    code = f"open({str(marker)!r}, 'w').write('ran')\n"
+    (tmp_path / "configuration_evil.py").write_text(code)
+    (tmp_path / "modeling_evil.py").write_text(code)
+    with pytest.raises(Exception):
+        load_model(str(tmp_path))
+    assert not marker.exists()
