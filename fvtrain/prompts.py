@@ -210,3 +210,30 @@ def make_batch(
         target_ids[i, : len(t)] = torch.tensor(t)
         target_mask[i, : len(t)] = 1
     return PromptBatch(input_ids, attn, P, target_ids, target_mask, firsts, dict(meta or {}))
+
+
+def sample_icl_prompts(
+    template: PromptTemplate,
+    demo_pool: Sequence,
+    queries: Sequence,
+    n_shots: int,
+    rng: random.Random,
+    shuffled: bool = False,
+) -> list[tuple[str, tuple[str, ...]]]:
+    """One ICL prompt per query: ``n_shots`` demonstrations from ``demo_pool``, never the query.
+
+    Pairs are objects with ``.x`` and ``.answers`` (a demonstration shows the first answer).
+    Returns ``(prompt, accepted answers)`` tuples; ``shuffled`` permutes demonstration answers.
+    """
+    out = []
+    for q in queries:
+        pool = [p for p in demo_pool if p.x != q.x]
+        if len(pool) < n_shots:
+            raise ValueError(
+                f"{n_shots}-shot prompts need at least {n_shots} demonstration pairs besides the "
+                f"query, but only {len(pool)} are available; lower n_shots or add pairs"
+            )
+        demos = [(p.x, p.answers[0]) for p in rng.sample(pool, n_shots)]
+        prompt = shuffled_icl(template, demos, q.x, rng) if shuffled else icl(template, demos, q.x)
+        out.append((prompt, tuple(q.answers)))
+    return out

@@ -289,3 +289,36 @@ def load_model(
     if self_check:
         lm.self_check()
     return lm
+
+
+def load_config(name: str, revision: str | None = None, trust_remote_code: bool = False):
+    """The model's config only (no weights), for validating a run before any model work."""
+    from transformers import AutoConfig
+
+    source = resolve_source(name, revision)
+    if source.kind == "tiny":
+        from fvtrain.models.tiny import tiny_config, tiny_tokenizer
+
+        return tiny_config(name[5:], vocab_size=len(tiny_tokenizer()))
+    if source.kind in ("embedded", "gguf"):
+        gguf = embedded_gguf()[0] if source.kind == "embedded" else Path(source.path)
+        return AutoConfig.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    try:
+        return AutoConfig.from_pretrained(
+            source.path or source.name, revision=revision, trust_remote_code=trust_remote_code
+        )
+    except OSError as exc:
+        raise _not_found(name, exc) from exc
+
+
+def config_geometry(config) -> dict[str, int]:
+    """Layers and heads from a config (the adapter re-derives them from the weights later)."""
+    def get(*names):
+        for n in names:
+            v = getattr(config, n, None)
+            if v is not None:
+                return int(v)
+        raise ValueError(f"config of model_type={config.model_type!r} has none of {names}")
+
+    return {"n_layers": get("num_hidden_layers", "n_layer"),
+            "n_heads": get("num_attention_heads", "n_head")}

@@ -6,6 +6,7 @@ attribute without the frozen weights entering its state dict, optimiser or check
 
 from __future__ import annotations
 
+import copy
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator, Sequence
@@ -116,6 +117,40 @@ class FrozenLM:
             use_cache=use_cache or past_key_values is not None,
             logits_to_keep=logits_to_keep,
         )
+
+    def prefix_cache(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        """Keys/values of every column but the last (no gradient); reuse with :meth:`last_token`.
+
+        Patching or injecting at the last token leaves every earlier position unchanged under
+        causal attention, so this prefix is shared by every variant of the last token.
+        """
+        with torch.no_grad():
+            out = self.forward(input_ids[:, :-1], attention_mask[:, :-1], use_cache=True,
+                               logits_to_keep=1)
+        return out.past_key_values
+
+    def last_token(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        cache,
+        repeat: int = 1,
+    ) -> torch.Tensor:
+        """Logits ``[B * repeat, vocab]`` of the last column, run against a prefix cache.
+
+        Rows come out prompt-major (``b * repeat + r``). A forward appends to the cache it is
+        given, so it gets a shallow copy: appending and repeating build new tensors, and the
+        prefix tensors themselves are never written.
+        """
+        c = _fresh_view(cache)
+        if repeat > 1:
+            c.batch_repeat_interleave(repeat)
+        last = input_ids[:, -1:]
+        mask = attention_mask
+        if repeat > 1:
+            last = last.repeat_interleave(repeat, 0)
+            mask = mask.repeat_interleave(repeat, 0)
+        return self.forward(last, mask, past_key_values=c, logits_to_keep=1).logits[:, -1]
 
     def batch(
         self,
@@ -253,6 +288,13 @@ class FrozenLM:
         if not torch.equal(after, base_logits):
             raise SelfCheckError("hooks left a trace: logits differ after the injection context exited")
         return delta
+
+
+def _fresh_view(cache):
+    """A copy of a DynamicCache sharing its tensors (no data is copied)."""
+    c = copy.copy(cache)
+    c.layers = [copy.copy(layer) for layer in cache.layers]
+    return c
 
 
 @contextmanager

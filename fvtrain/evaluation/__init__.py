@@ -1,0 +1,1 @@
+"""Metrics, relation and analogy evaluation, alignment, decoding, figures and reports."""

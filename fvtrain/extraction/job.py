@@ -1,0 +1,214 @@
+"""The extraction job: for each relation, mean activations, AIE, top-k heads, FV, evaluation.
+
+Used by ``fvtrain-extract`` and by training runs that start from extracted vectors.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from omegaconf import DictConfig
+
+from fvtrain import __version__
+from fvtrain.artifacts import save_tensors, save_vector, write_json
+from fvtrain.data.splits import Split, split_hash
+from fvtrain.evaluation.relation import completion, layer_sweep
+from fvtrain.extraction.activations import mean_head_activations
+from fvtrain.extraction.aie import aie_fast, aie_reference
+from fvtrain.extraction.fv import function_vector, top_heads
+from fvtrain.models.wrapper import FrozenLM
+from fvtrain.prompts import PromptTemplate, icl, make_batch, shuffled_icl, zero_shot
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Extracted:
+    relation: str
+    vector: torch.Tensor
+    heads: list[tuple[int, int, float]]
+    aie: torch.Tensor  # [L, H], mean over corrupted prompts
+    mean: torch.Tensor  # [L, H, head_dim]
+    layer: int
+    metrics: dict = field(default_factory=dict)
+    n_corrupt_used: int = 0
+
+
+def _demos(pool: Sequence, query, n: int, rng: random.Random) -> list[tuple[str, str]]:
+    cands = [p for p in pool if p.x != query.x]
+    if len(cands) < n:
+        raise ValueError(
+            f"{n}-shot prompts need at least {n} demonstration pairs besides the query, but only "
+            f"{len(cands)} are available; lower n_shots or add pairs"
+        )
+    return [(p.x, p.answers[0]) for p in rng.sample(cands, n)]
+
+
+def check_shots(split: Split, n_shots: int) -> None:
+    """Fail before any model work when a relation's train split cannot supply the demonstrations."""
+    if len(split.train) < n_shots + 1:
+        raise ValueError(
+            f"relation {split.relation!r}: {n_shots}-shot prompts need at least {n_shots + 1} "
+            f"train pairs (demonstrations plus a query), but the train split has "
+            f"{len(split.train)}; lower extract.n_shots or raise data.n_train"
+        )
+
+
+def extract_relation(
+    lm: FrozenLM,
+    split: Split,
+    cfg: DictConfig,
+    template: PromptTemplate,
+    seed: int,
+    layer: int,
+    progress=None,
+) -> Extracted:
+    """Mean activations, AIE, top-k heads and FV of one relation (train split only)."""
+    rng = random.Random(f"{seed}-{split.relation}")
+    train = list(split.train)
+    n_shots = int(cfg.n_shots)
+    check_shots(split, n_shots)
+    task = progress.add_task(f"{split.relation}: mean activations", total=int(cfg.n_prompts)) \
+        if progress else None
+
+    def advance(n):
+        if progress:
+            progress.advance(task, n)
+
+    # 1. Mean head activations over clean ICL prompts.
+    queries = [rng.choice(train) for _ in range(int(cfg.n_prompts))]
+    clean = [icl(template, _demos(train, q, n_shots, rng), q.x) for q in queries]
+    mean = mean_head_activations(lm, clean, batch_size=int(cfg.batch_size), progress=advance)
+
+    # 2. Shuffled-ICL prompts for the AIE; optionally only queries the model solves with clean ICL.
+    n_corrupt = int(cfg.n_corrupt)
+    n_cand = n_corrupt * (3 if cfg.filter_correct else 1)
+    cands = []
+    for i in range(n_cand):
+        q = train[i % len(train)] if i < len(train) else rng.choice(train)
+        demos = _demos(train, q, n_shots, rng)
+        cands.append((q, icl(template, demos, q.x), shuffled_icl(template, demos, q.x, rng)))
+    if cfg.filter_correct:
+        ok = []
+        for i in range(0, len(cands), int(cfg.batch_size)):
+            chunk = cands[i : i + int(cfg.batch_size)]
+            b = make_batch(lm.tokenizer, [c[1] for c in chunk], [c[0].answers for c in chunk], template)
+            ok += lm.score(b).correct.tolist()
+        kept = [c for c, good in zip(cands, ok) if good][:n_corrupt]
+        if not kept:
+            log.warning("%s: the model solves none of %d clean ICL prompts; using unfiltered "
+                        "shuffled prompts for the AIE", split.relation, len(cands))
+            kept = cands[:n_corrupt]
+        elif len(kept) < n_corrupt:
+            log.warning("%s: only %d of %d candidate queries are solved with clean ICL; AIE uses %d "
+                        "prompts", split.relation, len(kept), len(cands), len(kept))
+    else:
+        kept = cands[:n_corrupt]
+    batch = make_batch(lm.tokenizer, [c[2] for c in kept], [c[0].answers for c in kept], template)
+
+    # 3. AIE of every head, top-k heads, FV.
+    if progress:
+        progress.update(task, description=f"{split.relation}: AIE over heads", completed=0,
+                        total=len(kept) * lm.n_layers * lm.n_heads)
+    if cfg.aie_impl == "reference":
+        effects, _ = aie_reference(lm, batch, mean, progress=advance)
+    elif cfg.aie_impl == "fast":
+        effects, _ = aie_fast(lm, batch, mean, max_rows=int(cfg.max_rows), progress=advance)
+    else:
+        raise ValueError(f"extract.aie_impl must be 'fast' or 'reference', got {cfg.aie_impl!r}")
+    aie = effects.mean(0)
+    heads = top_heads(aie, int(cfg.k))
+    fv = function_vector(lm, mean, heads)
+    if progress:
+        progress.update(task, description=f"{split.relation}: done")
+    return Extracted(split.relation, fv, heads, aie, mean, layer, n_corrupt_used=len(kept))
+
+
+def evaluate_relation(
+    lm: FrozenLM,
+    split: Split,
+    vector: torch.Tensor | None,
+    layer: int,
+    template: PromptTemplate,
+    n_shots: int,
+    seed: int,
+    sweep: bool = True,
+    pairs: str = "test",
+    batch_size: int = 32,
+) -> dict:
+    """Zero-shot and shuffled-ICL accuracy without/with the vector, clean ICL, layer sweep."""
+    rng = random.Random(f"{seed}-{split.relation}-eval")
+    test = list(split[pairs])
+    train = list(split.train)
+    answers = [p.answers for p in test]
+    zs = [zero_shot(template, p.x) for p in test]
+    demos = [_demos(train, p, n_shots, rng) for p in test]
+    shuf = [shuffled_icl(template, d, p.x, rng) for d, p in zip(demos, test)]
+    clean = [icl(template, d, p.x) for d, p in zip(demos, test)]
+    out = {
+        "zero_shot": {"none": completion(lm, zs, answers, batch_size=batch_size)},
+        "shuffled_icl": {"none": completion(lm, shuf, answers, batch_size=batch_size)},
+        "icl": completion(lm, clean, answers, batch_size=batch_size),
+        "n": len(test),
+    }
+    if vector is not None:
+        out["zero_shot"]["fv"] = completion(lm, zs, answers, vector, layer, batch_size)
+        out["shuffled_icl"]["fv"] = completion(lm, shuf, answers, vector, layer, batch_size)
+        if sweep:
+            out["layer_sweep"] = layer_sweep(lm, zs, answers, vector)
+    return out
+
+
+def manifest(lm: FrozenLM, ex: Extracted, split: Split, template: PromptTemplate, cfg: DictConfig,
+             seed: int, kind: str = "fv") -> dict:
+    return {
+        "kind": kind,
+        "relation": ex.relation,
+        "model_id": lm.model_id,
+        "model_revision": lm.source.revision,
+        "model_type": lm.adapter.model_type,
+        "n_layers": lm.n_layers,
+        "layer": ex.layer,
+        "heads": [{"layer": l, "head": h, "aie": a} for l, h, a in ex.heads],
+        "k": len(ex.heads),
+        "template": template.template,
+        "n_shots": int(cfg.n_shots),
+        "n_prompts": int(cfg.n_prompts),
+        "n_corrupt": ex.n_corrupt_used,
+        "split_hash": split_hash(split),
+        "seed": seed,
+        "metrics": ex.metrics,
+        "fvtrain_version": __version__,
+    }
+
+
+def save_extracted(out: Path, lm: FrozenLM, ex: Extracted, split: Split, template: PromptTemplate,
+                   cfg: DictConfig, seed: int) -> None:
+    save_vector(out / "vectors", ex.relation, ex.vector, manifest(lm, ex, split, template, cfg, seed))
+    save_tensors(out / "aie" / f"{ex.relation}.safetensors", {"aie": ex.aie, "mean": ex.mean})
+
+
+def summarise(per_relation: dict[str, dict]) -> dict:
+    """Means over relations of each accuracy, under the same keys."""
+    def mean(xs):
+        xs = [x for x in xs if x is not None]
+        return sum(xs) / len(xs) if xs else None
+
+    rels = list(per_relation.values())
+    out = {"n_relations": len(rels)}
+    for mode in ("zero_shot", "shuffled_icl"):
+        out[mode] = {m: mean([r[mode][m]["acc"] for r in rels if m in r[mode]])
+                     for m in ("none", "fv")}
+    out["icl"] = mean([r["icl"]["acc"] for r in rels])
+    return out
+
+
+def write_metrics(out: Path, per_relation: dict, extra: dict | None = None) -> dict:
+    metrics = {"relations": per_relation, "mean": summarise(per_relation), **(extra or {})}
+    write_json(out / "metrics.json", metrics)
+    return metrics

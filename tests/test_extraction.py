@@ -1,0 +1,83 @@
+"""AIE fast path equals the reference; FV construction; bad input."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from fvtrain.extraction import aie_fast, aie_reference, function_vector, mean_head_activations, top_heads
+from fvtrain.models import load_model
+from fvtrain.prompts import PromptTemplate, make_batch, sample_icl_prompts
+
+
+class P:
+    def __init__(self, x, y):
+        self.x, self.answers = x, (y,)
+
+
+PAIRS = [P(a, b) for a, b in [("hot", "cold"), ("big", "small"), ("up", "down"), ("good", "bad"),
+                              ("fast", "slow"), ("open", "close"), ("light", "dark"), ("left", "right"),
+                              ("happy", "sad"), ("begin", "end"), ("quick", "lazy"), ("tree", "house")]]
+
+
+def _prompts(lm, n, shots, seed=0, shuffled=True):
+    rng = random.Random(seed)
+    # Different shot counts give prompts of different lengths, so the batch is left-padded.
+    out = []
+    for i in range(n):
+        out += sample_icl_prompts(PromptTemplate(), PAIRS, [PAIRS[i % len(PAIRS)]],
+                                  shots - (i % 3), rng, shuffled=shuffled)
+    return make_batch(lm.tokenizer, [p for p, _ in out], [a for _, a in out])
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3", "qwen3", "gpt2", "gpt_neox"])
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_fast_aie_equals_reference(family, attn):
+    lm = load_model(f"tiny-{family}", attn_implementation=attn)
+    clean = _prompts(lm, 8, 4, shuffled=False)
+    mean = mean_head_activations(lm, [lm.tokenizer.decode(r[m.bool()], skip_special_tokens=True)
+                                      for r, m in zip(clean.prompt_ids, clean.prompt_mask)], batch_size=3)
+    # Scale up so the patches move probabilities visibly on a random model.
+    mean = mean * 5
+    corrupt = _prompts(lm, 5, 4, seed=1)
+    assert corrupt.prompt_mask.sum(1).unique().numel() > 1  # really left-padded
+    ref, ref_base = aie_reference(lm, corrupt, mean)
+    fast, fast_base = aie_fast(lm, corrupt, mean, max_rows=7)  # odd chunking on purpose
+    torch.testing.assert_close(fast_base, ref_base, rtol=0, atol=1e-5)
+    assert (fast - ref).abs().max() <= 1e-5
+    assert ref.abs().max() > 1e-4  # the patches did something
+    assert top_heads(fast.mean(0), 3) and [h[:2] for h in top_heads(fast.mean(0), 3)] == \
+        [h[:2] for h in top_heads(ref.mean(0), 3)]
+
+
+def test_mean_activations_batched_equals_single():
+    lm = load_model("tiny-qwen3")
+    prompts = [p for p, _ in sample_icl_prompts(PromptTemplate(), PAIRS, PAIRS[:5], 3, random.Random(0))]
+    a = mean_head_activations(lm, prompts, batch_size=5)
+    b = mean_head_activations(lm, prompts, batch_size=1)
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert a.shape == (lm.n_layers, lm.n_heads, lm.head_dim)
+
+
+def test_function_vector_is_sum_of_head_outputs():
+    lm = load_model("tiny-gpt2")
+    mean = torch.randn(lm.n_layers, lm.n_heads, lm.head_dim, generator=torch.Generator().manual_seed(0))
+    heads = [(1, 2, 0.5), (3, 0, 0.2)]
+    fv = function_vector(lm, mean, heads)
+    w1 = lm.adapter.out_proj_weight(1)[:, 2 * lm.head_dim: 3 * lm.head_dim]
+    w3 = lm.adapter.out_proj_weight(3)[:, 0: lm.head_dim]
+    torch.testing.assert_close(fv, w1 @ mean[1, 2] + w3 @ mean[3, 0], rtol=1e-5, atol=1e-6)
+
+
+def test_top_heads_order_and_k_errors():
+    aie = torch.tensor([[0.1, 0.5], [0.3, -0.2]])
+    assert [h[:2] for h in top_heads(aie, 2)] == [(0, 1), (1, 0)]
+    with pytest.raises(ValueError, match=r"k=5 heads requested, but the model has 4 heads \(2 layers x 2\)"):
+        top_heads(aie, 5)
+
+
+def test_too_few_pairs_for_shots():
+    with pytest.raises(ValueError, match="10-shot prompts need at least 10 demonstration pairs"):
+        sample_icl_prompts(PromptTemplate(), PAIRS[:5], PAIRS[:1], 10, random.Random(0))
