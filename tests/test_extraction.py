@@ -62,6 +62,7 @@ def test_mean_activations_batched_equals_single():
 
 
 def test_function_vector_is_sum_of_head_outputs():
+    """On an architecture without an attention-output norm the FV is the plain W_O sum."""
     lm = load_model("tiny-gpt2")
     mean = torch.randn(lm.n_layers, lm.n_heads, lm.head_dim, generator=torch.Generator().manual_seed(0))
     heads = [(1, 2, 0.5), (3, 0, 0.2)]
@@ -81,3 +82,24 @@ def test_top_heads_order_and_k_errors():
 def test_too_few_pairs_for_shots():
     with pytest.raises(ValueError, match="10-shot prompts need at least 10 demonstration pairs"):
         sample_icl_prompts(PromptTemplate(), PAIRS[:5], PAIRS[:1], 10, random.Random(0))
+
+
+@pytest.mark.parametrize("family", ["gemma3", "gemma2", "llama", "gpt2"])
+def test_residual_contributions_sum_to_what_the_residual_receives(family):
+    """All heads' contributions (plus the bias share) equal the attention block's residual write."""
+    lm = load_model(f"tiny-{family}")
+    v = torch.randn(lm.n_heads, lm.head_dim, generator=torch.Generator().manual_seed(0))
+    a = lm.adapter
+    with torch.no_grad():
+        contrib = a.residual_contributions(2, v).sum(0)
+        out = a.out_proj(2)(v.reshape(1, -1))[0] if not a.spec.conv1d else a.out_proj(2)(v.reshape(1, 1, -1))[0, 0]
+        if a.spec.attn_out_norm:
+            from fvtrain.models.adapters import _get
+            norm = _get(a.blocks[2], a.spec.attn_out_norm)
+            expected = norm(out)
+        else:
+            bias = a.out_proj_bias(2)
+            expected = out - (bias if bias is not None else 0)
+    if a.spec.attn_out_norm:
+        assert lm.adapter.model_type in ("gemma2", "gemma3_text")
+    torch.testing.assert_close(contrib, expected, rtol=1e-4, atol=1e-5)

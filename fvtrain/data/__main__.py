@@ -29,7 +29,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--format", "-f", default=None, help=f"force a format: {', '.join(FORMATS)}")
     p.add_argument("--relations", "-r", default=None, help="comma-separated relation names to keep")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
-    p.add_argument("--verbose", "-v", action="store_true", help="also log what the readers skip, item by item")
+    p.add_argument("--verbose", "-v", action="store_true", help="print the readers' log messages on stderr")
     return p
 
 

@@ -19,8 +19,14 @@ def top_heads(aie: torch.Tensor, k: int) -> list[tuple[int, int, float]]:
 def function_vector(
     lm: FrozenLM, mean: torch.Tensor, heads: list[tuple[int, int, float]] | list[tuple[int, int]]
 ) -> torch.Tensor:
-    """``FV = sum over heads of W_O[:, slice(h)] @ mean[l, h]`` (no o_proj bias: it is not a head's)."""
-    fv = torch.zeros(lm.d_model, dtype=torch.float32, device=lm.device)
-    for l, h, *_ in heads:
-        fv += lm.adapter.head_contribution(l, h, mean[l, h].to(lm.device)).float()
-    return fv.cpu()
+    """``FV = sum over heads of W_O[:, slice(h)] @ mean[l, h]``: the heads' writes into the residual
+    stream (no o_proj bias: it is not a head's; through the attention-output norm where the
+    architecture has one, see :meth:`Adapter.residual_contributions`)."""
+    fv = torch.zeros(lm.d_model, dtype=torch.float32)
+    per_layer: dict[int, torch.Tensor] = {}
+    with torch.no_grad():
+        for l, h, *_ in heads:
+            if l not in per_layer:
+                per_layer[l] = lm.adapter.residual_contributions(l, mean[l]).float().cpu()
+            fv += per_layer[l][h]
+    return fv

@@ -22,16 +22,20 @@ class ArchSpec:
 
     ``blocks`` is the ModuleList of decoder blocks, ``out_proj`` the attention output projection
     relative to one block, ``final_norm`` the norm applied before the unembedding.
-    ``conv1d`` marks GPT-2's ``Conv1D`` whose weight is stored ``[in, out]``.
+    ``conv1d`` marks GPT-2's ``Conv1D`` whose weight is stored ``[in, out]``. ``attn_out_norm``
+    names a norm applied to the attention output before the residual add (Gemma 2/3, OLMo 2).
     """
 
     blocks: str
     out_proj: str
     final_norm: str
     conv1d: bool = False
+    attn_out_norm: str | None = None
 
 
 _LLAMA_LIKE = ArchSpec("model.layers", "self_attn.o_proj", "model.norm")
+_POST_NORM = ArchSpec("model.layers", "self_attn.o_proj", "model.norm",
+                      attn_out_norm="post_attention_layernorm")
 
 ARCHITECTURES: dict[str, ArchSpec] = {
     "llama": _LLAMA_LIKE,
@@ -39,10 +43,10 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     "qwen2": _LLAMA_LIKE,
     "qwen3": _LLAMA_LIKE,
     "gemma": _LLAMA_LIKE,
-    "gemma2": _LLAMA_LIKE,
-    "gemma3_text": _LLAMA_LIKE,
+    "gemma2": _POST_NORM,
+    "gemma3_text": _POST_NORM,
     "phi3": _LLAMA_LIKE,
-    "olmo2": _LLAMA_LIKE,
+    "olmo2": _POST_NORM,
     "gpt2": ArchSpec("transformer.h", "attn.c_proj", "transformer.ln_f", conv1d=True),
     "gptj": ArchSpec("transformer.h", "attn.out_proj", "transformer.ln_f"),
     "gpt_neox": ArchSpec("gpt_neox.layers", "attention.dense", "gpt_neox.final_layer_norm"),
@@ -153,6 +157,31 @@ class Adapter:
         """``W_O[:, slice(head)] @ value``: one head's write into the residual stream (no bias)."""
         w = self.out_proj_weight(layer)[:, self.head_slice(head)]
         return value.to(w.dtype).to(w.device) @ w.t()
+
+    def residual_contributions(self, layer: int, values: torch.Tensor) -> torch.Tensor:
+        """Each head's write into the residual stream, ``[n_heads, d_model]``.
+
+        ``values`` are all heads' o_proj inputs at ``layer`` (``[n_heads, head_dim]``, e.g. their
+        means). Without a norm on the attention output this is ``W_O[:, slice(h)] @ v_h``. With
+        one (Gemma 2/3, OLMo 2) the residual receives ``norm(o_proj(v))``; that RMSNorm is
+        linearised around the whole layer's output, ``gain * W_O[:, h] v_h / rms(o_proj(v))``,
+        so the contributions of all heads sum exactly to what the residual stream receives.
+        """
+        w = self.out_proj_weight(self.check_layer(layer))
+        v = values.to(w.device, w.dtype)
+        raw = torch.stack([v[h] @ w[:, self.head_slice(h)].t() for h in range(self.n_heads)])
+        if self.spec.attn_out_norm is None:
+            return raw
+        norm = _get(self.blocks[layer], self.spec.attn_out_norm)
+        eps = float(getattr(norm, "eps", getattr(norm, "variance_epsilon", 1e-6)))
+        total = raw.sum(0)
+        bias = self.out_proj_bias(layer)
+        if bias is not None:
+            total = total + bias
+        rms = (total.float().pow(2).mean() + eps).sqrt()
+        # The norm's per-channel gain, whatever its parameterisation (w or 1 + w).
+        gain = norm(torch.ones_like(total)).float() * (1.0 + eps) ** 0.5
+        return (raw.float() * gain / rms).to(raw.dtype)
 
     def unembed(self, hidden: torch.Tensor) -> torch.Tensor:
         """Logits of residual-stream vectors: final norm, unembedding, and any logit soft-cap."""

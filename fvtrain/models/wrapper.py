@@ -142,15 +142,29 @@ class FrozenLM:
         given, so it gets a shallow copy: appending and repeating build new tensors, and the
         prefix tensors themselves are never written.
         """
+        return self.continue_from(cache, input_ids[:, -1:], attention_mask, repeat=repeat,
+                                  logits_to_keep=1).logits[:, -1]
+
+    def continue_from(
+        self,
+        cache,
+        new_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        repeat: int = 1,
+        logits_to_keep: int | torch.Tensor = 1,
+    ):
+        """Run ``new_ids`` (``[B, n]``) after a prefix cache; ``attention_mask`` covers both.
+
+        Gradients flow into anything injected here (e.g. a trainable vector at column 0) while
+        the cached prefix stays constant. The cache itself is never modified.
+        """
         c = _fresh_view(cache)
         if repeat > 1:
             c.batch_repeat_interleave(repeat)
-        last = input_ids[:, -1:]
-        mask = attention_mask
-        if repeat > 1:
-            last = last.repeat_interleave(repeat, 0)
-            mask = mask.repeat_interleave(repeat, 0)
-        return self.forward(last, mask, past_key_values=c, logits_to_keep=1).logits[:, -1]
+            new_ids = new_ids.repeat_interleave(repeat, 0)
+            attention_mask = attention_mask.repeat_interleave(repeat, 0)
+        return self.forward(new_ids, attention_mask, past_key_values=c,
+                            logits_to_keep=logits_to_keep)
 
     def batch(
         self,
