@@ -71,6 +71,16 @@ def run(config_name: str, task: Callable[[DictConfig], Any]) -> None:
     hydra.main(version_base="1.3", config_path=str(conf), config_name=config_name)(task)()
 
 
+def compose(config_name: str, overrides: Sequence[str] = ()) -> DictConfig:
+    """Compose ``conf/<config_name>.yaml`` with overrides, outside a Hydra app (tests, notebooks)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    conf = config_dir()
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        return hydra_compose(config_name, overrides=rewrite_model_override(list(overrides), conf))
+
+
 def output_dir() -> Path:
     from hydra.core.hydra_config import HydraConfig
 

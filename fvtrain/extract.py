@@ -11,6 +11,7 @@ metrics.json, splits.json, config.yaml, figures/aie_heatmap.png and figures/laye
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from omegaconf import DictConfig
 
@@ -19,15 +20,16 @@ from fvtrain import cli
 log = logging.getLogger("fvtrain.extract")
 
 
-def extract(cfg: DictConfig) -> dict:
-    """Run extraction for ``cfg`` (a composed ``extract.yaml``); returns the metrics."""
+def extract(cfg: DictConfig, out: Path | None = None) -> dict:
+    """Run extraction for ``cfg`` (a composed ``extract.yaml``) into ``out`` (default: the Hydra
+    run folder); returns the metrics."""
     from fvtrain.data.splits import save_splits, split_relation
     from fvtrain.evaluation.figures import aie_heatmaps, layer_sweep_curves
     from fvtrain.extraction.job import (check_shots, evaluate_relation, extract_relation,
                                         save_extracted, write_metrics)
     from fvtrain.prompts import PromptTemplate
 
-    out = cli.output_dir()
+    out = Path(out) if out is not None else cli.output_dir()
     seed = int(cfg.seed)
     template = PromptTemplate(cfg.prompt.template)
     ex_cfg = cfg.extract
@@ -77,7 +79,7 @@ def extract(cfg: DictConfig) -> dict:
 
 
 def main() -> None:
-    cli.run("extract", extract)
+    cli.run("extract", lambda cfg: extract(cfg))
 
 
 if __name__ == "__main__":

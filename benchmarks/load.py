@@ -1,0 +1,36 @@
+"""First (dequantising) versus cached load of the embedded model.
+
+    python benchmarks/load.py
+
+Loads Gemma 3 270M from its GGUF with an empty cache folder (dequantise, then write safetensors),
+then again from the cache, in one process, and prints both times and their ratio.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory(prefix="fvtrain-load-bench-") as tmp:
+        os.environ["FVTRAIN_CACHE"] = tmp
+        from fvtrain.models import load_model
+
+        t0 = time.perf_counter()
+        lm = load_model("gemma3-270m")
+        first = time.perf_counter() - t0
+        del lm
+        t0 = time.perf_counter()
+        lm = load_model("gemma3-270m")
+        # Touch every weight so a lazily mapped load is not counted as free.
+        total = sum(float(p.float().sum()) for p in lm.model.parameters())
+        cached = time.perf_counter() - t0
+    print(f"first load (dequantise GGUF + write cache): {first:7.2f} s")
+    print(f"cached load (safetensors, weights touched): {cached:7.2f} s")
+    print(f"ratio first/cached: {first / cached:5.1f}x  (bar: cached < first / 10)  [checksum {total:.3e}]")
+
+
+if __name__ == "__main__":
+    main()
