@@ -15,6 +15,10 @@ log = logging.getLogger("fvtrain")
 
 CONFIG_ENV = "FVTRAIN_CONFIG_DIR"
 
+from fvtrain.launchers import register as _register_launchers  # noqa: E402
+
+_register_launchers()
+
 
 class ConfigError(ValueError):
     """A configuration that cannot run; raised before any model work starts."""

@@ -87,3 +87,89 @@ def grouped_bars(values: Mapping[str, Mapping[str, float]], path: str | Path, yl
     ax.set_title(title)
     ax.legend(fontsize=8)
     return _save(fig, path)
+
+
+def alignment_scatter(panels: Sequence[Mapping], path: str | Path, cols: int | None = None) -> Path:
+    """Scatter panels (model similarity vs human rating), points coloured by ``groups``.
+
+    Each panel: ``{"title", "x", "y", "groups", "xlabel", "ylabel"}``.
+    """
+    n = len(panels)
+    cols = cols or min(2, n)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.9 * rows), squeeze=False)
+    for ax, p in zip(axes.flat, panels):
+        groups = list(p.get("groups") or [""] * len(p["x"]))
+        labels = list(dict.fromkeys(groups))
+        small = len(p["x"]) > 500
+        for g in labels:
+            xs = [x for x, gg in zip(p["x"], groups) if gg == g]
+            ys = [y for y, gg in zip(p["y"], groups) if gg == g]
+            ax.scatter(xs, ys, s=4 if small else 14, alpha=0.35 if small else 0.75,
+                       label=g if g and len(labels) <= 8 else None)
+        ax.set_title(p.get("title", ""), fontsize=9)
+        ax.set_xlabel(p.get("xlabel", ""), fontsize=8)
+        ax.set_ylabel(p.get("ylabel", ""), fontsize=8)
+        if any(labels) and len(labels) <= 8:
+            ax.legend(fontsize=7, markerscale=2)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    fig.suptitle("Alignment with human judgments")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def correlation_bars(values: Mapping[str, Mapping[str, float]], path: str | Path, title: str,
+                     ylabel: str = "Spearman correlation") -> Path:
+    """``values[group][series]`` correlations in [-1, 1] as grouped bars (e.g. subtype x FV/FFV)."""
+    groups = list(values)
+    series = list(dict.fromkeys(s for g in values.values() for s in g))
+    width = 0.8 / max(1, len(series))
+    fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(groups) * max(1, len(series))), 4))
+    for j, s in enumerate(series):
+        xs = [i + (j - (len(series) - 1) / 2) * width for i in range(len(groups))]
+        ax.bar(xs, [values[g].get(s, float("nan")) for g in groups], width, label=s.upper())
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_xticks(range(len(groups)))
+    ax.set_xticklabels(groups, rotation=45, ha="right", fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(-1.02, 1.02)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def rank_bars(ranks: Mapping[str, Mapping[str, int]], path: str | Path, title: str) -> Path:
+    """``ranks[relation][series]`` (1 = best) as grouped bars on a log axis, lower is better."""
+    groups = list(ranks)
+    series = list(dict.fromkeys(s for g in ranks.values() for s in g))
+    width = 0.8 / max(1, len(series))
+    fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(groups) * max(1, len(series))), 4))
+    for j, s in enumerate(series):
+        xs = [i + (j - (len(series) - 1) / 2) * width for i in range(len(groups))]
+        ax.bar(xs, [ranks[g].get(s, float("nan")) for g in groups], width, label=s)
+    ax.set_yscale("log")
+    ax.set_xticks(range(len(groups)))
+    ax.set_xticklabels(groups, rotation=45, ha="right", fontsize=8)
+    ax.set_ylabel("best rank (log scale)")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def metric_lines(xs: Sequence, series: Mapping[str, Sequence[float]], path: str | Path, xlabel: str,
+                 ylabel: str, title: str) -> Path:
+    """Metrics across a sweep: one line per metric over the swept values ``xs``."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    numeric = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in xs)
+    pos = list(xs) if numeric else list(range(len(xs)))
+    for name, ys in series.items():
+        ax.plot(pos, [float("nan") if y is None else y for y in ys], marker="o", ms=4, label=name)
+    if not numeric:
+        ax.set_xticks(pos)
+        ax.set_xticklabels([str(x) for x in xs], rotation=30, ha="right", fontsize=8)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7)
+    return _save(fig, path)

@@ -1,0 +1,353 @@
+"""``fvtrain-compose``: composite function vectors (CFV) from a basis bank, and analogy solving.
+
+    fvtrain-compose basis.path=outputs/train/2026-01-01/12-00-00          # affine (default)
+    fvtrain-compose basis.path=... composition=softmax composition.scheme.temperature=0.5
+    fvtrain-compose -m basis.path=... composition=uniform,softmax,top1,affine
+    fvtrain-compose basis.path=... analogies.path=/data/sat/test.jsonl
+
+For every analogy A:B :: C:D the basis vectors are scored on the source pair,
+``s_i = log P(B | prompt(A), basis_i)`` (one batched forward per pair), the weight scheme turns
+the scores into weights, and ``CFV = sum_i w_i basis_i`` is injected on the prompt of C. Writes to
+the run folder: metrics.json (open-ended and multiple-choice accuracy, overall / near / far / by
+relation, for every scheme and baseline), predictions.jsonl, scores.safetensors (source scores and
+every scheme's weights), figures/analogy_accuracy.png, config.yaml, and for ``affine``
+combiner.safetensors (W, b), checkpoints/combiner-best.ckpt and combiner/metrics.csv.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from fvtrain import cli
+
+log = logging.getLogger("fvtrain.compose")
+
+SCHEME_ORDER = ("uniform", "softmax", "top1", "affine")
+BASELINES = ("none", "one_shot", "oracle")
+
+
+def _names(value: Any) -> list[str] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    return [str(v) for v in value]
+
+
+def load_analogies(a_cfg: DictConfig, seed: int):
+    """Read ``analogies.path`` and apply the relation / distance / max_items filters."""
+    from fvtrain.data.readers import read
+
+    ds = read(a_cfg.path, a_cfg.get("format"), _names(a_cfg.get("relations")))
+    items = list(ds.analogies)
+    if not items:
+        raise cli.ConfigError(
+            f"analogies.path={a_cfg.path!r} holds no analogy items ({ds.format} format: "
+            f"{len(ds.relations)} relation(s), 0 analogies); give an analogy file (jsonl, google, "
+            "sat/relbert, ...)"
+        )
+    if a_cfg.get("distance") is not None:
+        if a_cfg.distance not in ("near", "far"):
+            raise cli.ConfigError(f"analogies.distance must be near, far or null, got {a_cfg.distance!r}")
+        items = [it for it in items if it.distance == a_cfg.distance]
+        if not items:
+            raise cli.ConfigError(f"no analogy in {a_cfg.path} is labelled distance={a_cfg.distance}")
+    if a_cfg.get("max_items") is not None and int(a_cfg.max_items) < len(items):
+        keep = sorted(random.Random(f"fvtrain-compose-items\0{seed}").sample(range(len(items)),
+                                                                            int(a_cfg.max_items)))
+        items = [items[i] for i in keep]
+    return items, ds
+
+
+def _check_config(cfg: DictConfig) -> tuple[list[str], list[str]]:
+    also = _names(cfg.compose.get("also")) or []
+    bad = [n for n in also if n not in ("uniform", "softmax", "top1")]
+    if bad:
+        raise cli.ConfigError(f"compose.also may list uniform, softmax and top1 (fixed schemes), got {bad}; "
+                              "a trained scheme is chosen with composition=affine")
+    baselines = _names(cfg.compose.get("baselines")) or []
+    bad = [n for n in baselines if n not in BASELINES]
+    if bad:
+        raise cli.ConfigError(f"unknown baseline(s) {bad}; available: {', '.join(BASELINES)}")
+    if "scheme" not in cfg.composition or "name" not in cfg.composition:
+        raise cli.ConfigError("the composition config needs 'name' and 'scheme' (see conf/composition/)")
+    return also, baselines
+
+
+def _trainer_factory(train_cfg: DictConfig, lm):
+    from hydra.utils import instantiate
+
+    acc, dev = train_cfg.trainer.get("accelerator"), train_cfg.trainer.get("devices")
+    if acc is None:
+        acc = "gpu" if lm.device.type == "cuda" else "cpu"
+    if dev is None:
+        dev = [lm.device.index or 0] if lm.device.type == "cuda" else 1
+    return instantiate(train_cfg.trainer, accelerator=acc, devices=dev)
+
+
+def training_analogies(cfg: DictConfig, bank, eval_items, template, seed: int):
+    """The affine combiner's training analogies (see fvtrain.composition.training)."""
+    from fvtrain.composition.training import analogies_from_pairs, relation_train_pairs
+    from fvtrain.data.readers import read
+
+    a_cfg = cfg.analogies
+    if a_cfg.get("train_path"):
+        ds = read(a_cfg.train_path, a_cfg.get("train_format"), _names(a_cfg.get("relations")))
+        if not ds.analogies:
+            raise cli.ConfigError(f"analogies.train_path={a_cfg.train_path!r} holds no analogy items")
+        return list(ds.analogies), f"file {a_cfg.train_path}"
+    marked = [it for it in eval_items if it.meta.get("split") == "train"]
+    if marked:
+        return marked, "items of analogies.path marked split=train"
+    relations = None
+    try:
+        relations = cli.load_relations(cfg.data)
+    except Exception as err:  # noqa: BLE001 - only needed when the bank's run has no splits.json
+        log.warning("could not read relation pairs from data.path=%s (%s)", cfg.data.path, err)
+    pairs = relation_train_pairs(bank, relations, int(cfg.data.n_train), cfg.data.get("n_val"))
+    missing = [n for n in bank.names if n not in pairs]
+    if missing:
+        log.warning("no train pairs for basis relation(s) %s: no training analogies of them",
+                    ", ".join(missing))
+    items = analogies_from_pairs(pairs, int(cfg.composition.train.analogies_per_relation), seed)
+    if not items:
+        raise cli.ConfigError(
+            "the affine combiner has no training analogies: the bank's run folder has no splits.json "
+            f"and data.path={cfg.data.path!r} has none of the bank's relations "
+            f"({', '.join(bank.names[:6])}...); set data.path to the relations the bank was made from "
+            "or give analogies.train_path"
+        )
+    return items, f"train pairs of {len(pairs)} basis relation(s)"
+
+
+def compose(cfg: DictConfig) -> dict:
+    """Run composition and analogy evaluation for ``cfg`` (a composed ``compose.yaml``)."""
+    import torch
+    from hydra.utils import instantiate
+
+    from fvtrain.artifacts import _atomic, save_tensors, write_json
+    from fvtrain.composition import compose as combine
+    from fvtrain.composition import load_bank, make_scheme, score_pairs
+    from fvtrain.evaluation.analogy import check_encodable, evaluate_items, summarise
+    from fvtrain.prompts import PromptTemplate
+
+    out = cli.output_dir()
+    seed = int(cfg.seed)
+    template = PromptTemplate(cfg.prompt.template)
+    also, baselines = _check_config(cfg)
+    # Everything that can be checked without the model is checked first.
+    bank = load_bank(cfg.basis.path, _names(cfg.basis.relations))
+    geo = cli.check_geometry(cfg, None)
+    if not 0 <= bank.layer < geo["n_layers"]:
+        raise cli.ConfigError(f"the bank at {bank.path} injects at layer {bank.layer}, but "
+                              f"{cfg.model.name} has {geo['n_layers']} layers")
+    items, ds = load_analogies(cfg.analogies, seed)
+    split_marked = all(it.meta.get("split") in ("train", "val", "test") for it in items)
+    if split_marked:
+        eval_items = [it for it in items if it.meta["split"] == "test"] or \
+                     [it for it in items if it.meta["split"] != "train"]
+    else:
+        eval_items = items
+    cli.save_resolved_config(cfg, out)
+    cli.seed_everything(seed)
+    lm = cli.load_model(cfg)
+    bank.check_compatible(lm, bool(cfg.basis.get("check_model", True)))
+    eval_items, skipped = check_encodable(lm.tokenizer, eval_items, template, cfg.analogies.on_bad)
+    if not eval_items:
+        raise cli.ConfigError("no analogy item left to evaluate after dropping those that do not encode")
+    bs, max_rows = int(cfg.compose.batch_size), int(cfg.compose.max_rows)
+    basis, layer, N = bank.vectors, bank.layer, len(bank)
+    log.info("bank: %d %s vectors at layer %d from %s; %d analogies", N, bank.kind, layer, bank.path,
+             len(eval_items))
+
+    with cli.progress() as bar:
+        # 1. Source scores s[item, i] = log P(B | prompt(A), basis_i): one batched forward per chunk.
+        task = bar.add_task("scoring the basis on A:B", total=len(eval_items))
+        scores = score_pairs(lm, [(it.a, it.b) for it in eval_items], basis, layer, template, bs,
+                             max_rows, progress=lambda n: bar.advance(task, n))
+
+        # 2. Weight schemes (the affine one is trained first).
+        main_name = str(cfg.composition.name)
+        main = instantiate(cfg.composition.scheme, n_basis=N)
+        combiner_info = None
+        if getattr(main, "trainable", False):
+            combiner_info = _train_affine(cfg, main, lm, bank, items, template, seed, out, bar)
+        schemes = {main_name: main}
+        tau = float(cfg.composition.scheme.get("temperature", 1.0) or 1.0)
+        for name in also:
+            schemes.setdefault(name, make_scheme(name, tau))
+        order = [n for n in SCHEME_ORDER if n in schemes] + [n for n in schemes if n not in SCHEME_ORDER]
+        with torch.no_grad():
+            weights = {n: schemes[n].weights(scores).detach().float().cpu() for n in order}
+
+        # 3. Evaluation: baselines, every scheme, the oracle.
+        methods: dict[str, dict] = {}
+        per_item: dict[str, Any] = {}
+        n_methods = len(order) + len(baselines) + (2 if cfg.compose.oracle_search else 0)
+        task = bar.add_task("evaluating methods", total=n_methods)
+
+        def run(name, idx, vectors=None, prompt="zero_shot"):
+            its = [eval_items[i] for i in idx]
+            res = evaluate_items(lm, its, template, vectors, layer if vectors is not None else None,
+                                 prompt, bs)
+            methods[name] = summarise(its, res)
+            per_item[name] = (idx, res)
+            bar.advance(task)
+
+        everything = list(range(len(eval_items)))
+        if "none" in baselines:
+            run("none", everything)
+        if "one_shot" in baselines:
+            run("one_shot", everything, prompt="one_shot")
+        for n in order:
+            run(n, everything, combine(weights[n], basis))
+        if "oracle" in baselines:
+            # The basis vector of the item's own (labelled) relation: what a perfect selector picks.
+            idx = [(i, bank.index(it.relation)) for i, it in enumerate(eval_items)
+                   if it.relation is not None and bank.index(it.relation) is not None]
+            if idx:
+                run("oracle", [i for i, _ in idx], basis[[j for _, j in idx]])
+            else:
+                log.warning("oracle baseline skipped: no analogy carries a relation that is in the bank")
+                bar.advance(task)
+        oracle_info = None
+        if cfg.compose.oracle_search:
+            oracle_info = _oracle_search(lm, eval_items, basis, bank.names, layer, template, bs, methods)
+            bar.advance(task, 2)
+
+    # 4. Artifacts.
+    top = scores.argmax(1)
+    save_tensors(out / "scores.safetensors",
+                 {"scores": scores, **{f"weights.{n}": w for n, w in weights.items()}})
+    rows = [{"a": it.a, "b": it.b, "c": it.c, "d": list(it.d), "distance": it.distance,
+             "relation": it.relation, "top_basis": bank.names[int(top[i])]}
+            for i, it in enumerate(eval_items)]
+    for name, (idx, res) in per_item.items():
+        for j, i in enumerate(idx):
+            it, k = eval_items[i], int(res.mc_pred[j])
+            rows[i][name] = {"open_pred": res.open_pred[j], "open_correct": bool(res.open_correct[j]),
+                             "mc_pred": it.choices[k][1] if k >= 0 and it.choices else None,
+                             "mc_correct": None if k < 0 else bool(res.mc_correct[j] == 1)}
+    lines = [json.dumps(r, ensure_ascii=False) for r in rows]
+    _atomic(out / "predictions.jsonl", lambda tmp: Path(tmp).write_text("\n".join(lines) + "\n"))
+    metrics = {
+        "model": lm.describe(),
+        "bank": bank.describe(),
+        "layer": layer,
+        "scheme": {"name": main_name, **main.describe()},
+        "analogies": {"path": str(cfg.analogies.path), "format": ds.format, "n": len(eval_items),
+                      "n_multiple_choice": sum(it.is_multiple_choice for it in eval_items),
+                      "n_near": sum(it.distance == "near" for it in eval_items),
+                      "n_far": sum(it.distance == "far" for it in eval_items),
+                      "skipped": [why for _, why in skipped]},
+        "methods": methods,
+        "top_basis_is_item_relation": _top_hit(eval_items, top, bank.names),
+    }
+    if combiner_info is not None:
+        metrics["combiner"] = combiner_info
+    if oracle_info is not None:
+        metrics["oracle_search"] = oracle_info
+    write_json(out / "metrics.json", metrics)
+    _figure(methods, out / "figures" / "analogy_accuracy.png", main_name, bank)
+    cli.print_table(
+        f"Analogies ({len(eval_items)} items, bank of {N} {bank.kind} vectors at layer {layer}): accuracy",
+        ["method", "open all", "open near", "open far", "MC all", "MC near", "MC far"],
+        table_rows(methods))
+    print(f"run folder: {out}")
+    return metrics
+
+
+def _top_hit(items, top, names) -> dict:
+    hits = [names[int(t)] == it.relation for it, t in zip(items, top) if it.relation]
+    return {"acc": sum(hits) / len(hits) if hits else None, "n": len(hits)}
+
+
+def table_rows(methods: dict) -> list[list]:
+    rows = []
+    for name, m in methods.items():
+        row = [name]
+        for mode in ("open", "mc"):
+            for g in ("all", "near", "far"):
+                v = m[mode][g]["acc"]
+                row.append("-" if v is None else float(v))
+        rows.append(row)
+    return rows
+
+
+def _figure(methods: dict, path: Path, main_name: str, bank) -> None:
+    from fvtrain.evaluation.figures import grouped_bars
+
+    values: dict[str, dict[str, float]] = {}
+    for mode, label in (("open", "open"), ("mc", "MC")):
+        for g in ("all", "near", "far"):
+            vals = {n: m[mode][g]["acc"] for n, m in methods.items()}
+            if all(v is None for v in vals.values()):
+                continue
+            values[f"{label} {g}"] = {n: (float("nan") if v is None else v) for n, v in vals.items()}
+    if values:
+        grouped_bars(values, path, "accuracy",
+                     f"Analogies with composite vectors ({main_name}; {len(bank)} basis vectors)")
+
+
+def _train_affine(cfg, combiner, lm, bank, items, template, seed, out, bar) -> dict:
+    from fvtrain.artifacts import save_tensors
+    from fvtrain.composition import score_pairs
+    from fvtrain.composition.training import CombinerDataModule, fit_combiner
+    from fvtrain.evaluation.analogy import check_encodable
+
+    t_cfg = cfg.composition.train
+    train_items, source = training_analogies(cfg, bank, items, template, seed)
+    train_items, skipped = check_encodable(lm.tokenizer, train_items, template, cfg.analogies.on_bad)
+    if not train_items:
+        raise cli.ConfigError("no training analogy left for the affine combiner")
+    task = bar.add_task("scoring the basis on training A:B", total=len(train_items))
+    s = score_pairs(lm, [(it.a, it.b) for it in train_items], bank.vectors, bank.layer, template,
+                    int(cfg.compose.batch_size), int(cfg.compose.max_rows),
+                    progress=lambda n: bar.advance(task, n))
+    combiner.attach(lm, bank.vectors, bank.layer)
+    data = CombinerDataModule(train_items, s, lm.tokenizer, template, int(t_cfg.batch_size),
+                              float(t_cfg.val_fraction), seed)
+    log.info("training the affine combiner on %d analogies (%s)", len(train_items), source)
+    info = fit_combiner(combiner, data, _trainer_factory(t_cfg, lm), out)
+    save_tensors(out / "combiner.safetensors", {"W": combiner.W.detach(), "b": combiner.b.detach()})
+    combiner.eval()
+    return {"source": source, "n_items": len(train_items), "skipped": len(skipped), **info,
+            **combiner.describe()}
+
+
+def _oracle_search(lm, items, basis, names, layer, template, bs, methods) -> dict:
+    """Every basis vector alone on every item: the best single vector (chosen on these items, per
+    mode) and the per-item best (an upper bound for any one-vector choice)."""
+    import torch
+
+    from fvtrain.evaluation.analogy import ItemResults, evaluate_items, summarise
+
+    res = [evaluate_items(lm, items, template, basis[j].expand(len(items), -1), layer, "zero_shot", bs)
+           for j in range(len(basis))]
+    open_m = torch.stack([r.open_correct.float() for r in res])  # [N, I]
+    mc_m = torch.stack([r.mc_correct for r in res])
+    mc_mean = torch.nan_to_num(mc_m, nan=0.0).mean(1)
+    j_open, j_mc = int(open_m.mean(1).argmax()), int(mc_mean.argmax())
+    best = summarise(items, res[j_open])
+    best["mc"] = summarise(items, res[j_mc])["mc"]
+    methods["best_single"] = best
+    any_open = open_m.max(0).values.bool()
+    any_mc = torch.where(torch.isnan(mc_m[0]), torch.nan, torch.nan_to_num(mc_m, nan=0.0).max(0).values)
+    methods["best_per_item"] = summarise(items, ItemResults(any_open, any_mc, res[0].mc_pred, res[0].open_pred))
+    return {"best_single_open": names[j_open], "best_single_mc": names[j_mc],
+            "per_vector_open": dict(zip(names, open_m.mean(1).tolist())),
+            "per_vector_mc": dict(zip(names, mc_mean.tolist()))}
+
+
+def main() -> None:
+    cli.run("compose", compose)
+
+
+if __name__ == "__main__":
+    main()

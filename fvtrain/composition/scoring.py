@@ -1,0 +1,128 @@
+"""Scoring basis vectors on source pairs, and target log-probabilities with injected vectors.
+
+``s[b, i] = log P(B_b | prompt(A_b), vector_i injected)``: the full (all-token) log-probability of
+the target with basis vector ``i`` added to block ``layer``'s output at the last prompt token.
+
+The batched path runs each prompt's prefix (every column but the last prompt token) once and keeps
+its keys/values; the last prompt token and the target tokens then run against that cache with one
+row per (prompt, vector), so N vectors cost one forward of N short rows instead of N full forwards.
+Only the columns that predict target tokens produce logits. :func:`source_scores_loop` is the
+reference (one :meth:`FrozenLM.score` call per vector) that tests hold the batched path to.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from fvtrain.models.wrapper import FrozenLM
+from fvtrain.prompts import PromptBatch, PromptTemplate, make_batch, zero_shot
+
+
+def _target_logprobs(logits: torch.Tensor, target_ids: torch.Tensor, target_mask: torch.Tensor,
+                     tokens: str = "all") -> torch.Tensor:
+    """Per-row sum of log P(target token) from logits ``[R, M, V]`` (no full log-softmax copy)."""
+    logits = logits.float()
+    tgt = target_ids.to(logits.device)
+    picked = logits.gather(-1, tgt.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
+    mask = target_mask.to(logits.device).to(picked.dtype)
+    if tokens == "first":
+        return picked[:, 0]
+    if tokens != "all":
+        raise ValueError(f"tokens must be 'all' or 'first', got {tokens!r}")
+    return (picked * mask).sum(-1)
+
+
+def source_scores(
+    lm: FrozenLM,
+    batch: PromptBatch,
+    bank: torch.Tensor,
+    layer: int,
+    max_rows: int = 64,
+) -> torch.Tensor:
+    """``[B, N]`` target log-probabilities of every batch row with every bank vector (batched).
+
+    At most ``max_rows`` (prompt, vector) rows run per forward; each prompt's prefix runs once.
+    """
+    if bank.dim() != 2 or len(bank) == 0:
+        raise ValueError(f"bank must be a non-empty [N, d_model] tensor, got shape {tuple(bank.shape)}")
+    lm._check_vector(bank)
+    P, M = batch.prompt_len, batch.target_ids.shape[1]
+    B, N = len(batch), len(bank)
+    vec_chunk = min(N, max(1, max_rows))
+    per = max(1, max_rows // vec_chunk)
+    out = torch.empty(B, N)
+    bank = bank.to(lm.device, lm.dtype)
+    with torch.no_grad():
+        for s in range(0, B, per):
+            ids = batch.input_ids[s : s + per]
+            mask = batch.attention_mask[s : s + per]
+            b = len(ids)
+            cache = lm.prefix_cache(ids[:, :P], mask[:, :P])
+            for v in range(0, N, vec_chunk):
+                vecs = bank[v : v + vec_chunk]
+                n = len(vecs)
+                # Rows come out prompt-major: row j * n + i is prompt j with vector i.
+                with lm.inject(vecs.repeat(b, 1), layer, positions=0):
+                    logits = lm.continue_from(cache, ids[:, P - 1 :], mask, repeat=n,
+                                              logits_to_keep=M).logits
+                lp = _target_logprobs(logits, batch.target_ids[s : s + per].repeat_interleave(n, 0),
+                                      batch.target_mask[s : s + per].repeat_interleave(n, 0))
+                out[s : s + b, v : v + n] = lp.view(b, n).cpu()
+    return out
+
+
+def source_scores_loop(lm: FrozenLM, batch: PromptBatch, bank: torch.Tensor, layer: int) -> torch.Tensor:
+    """The reference: one full forward of the batch per bank vector."""
+    cols = [lm.score(batch, vector=bank[i], layer=layer).target_logprob.float().cpu()
+            for i in range(len(bank))]
+    return torch.stack(cols, 1)
+
+
+def score_pairs(
+    lm: FrozenLM,
+    pairs: Sequence[tuple[str, str]],
+    bank: torch.Tensor,
+    layer: int,
+    template: PromptTemplate | None = None,
+    batch_size: int = 16,
+    max_rows: int = 64,
+    progress=None,
+) -> torch.Tensor:
+    """``[len(pairs), N]`` scores ``log P(b | zero-shot prompt of a, vector_i)`` for (a, b) pairs."""
+    template = template or PromptTemplate()
+    out = []
+    for s in range(0, len(pairs), batch_size):
+        chunk = pairs[s : s + batch_size]
+        b = make_batch(lm.tokenizer, [zero_shot(template, a) for a, _ in chunk],
+                       [bb for _, bb in chunk], template)
+        out.append(source_scores(lm, b, bank, layer, max_rows=max_rows))
+        if progress is not None:
+            progress(len(chunk))
+    if not out:
+        return torch.empty(0, len(bank))
+    return torch.cat(out)
+
+
+def target_logprob(
+    lm: FrozenLM,
+    batch: PromptBatch,
+    vectors: torch.Tensor | None,
+    layer: int | None,
+    tokens: str = "all",
+) -> torch.Tensor:
+    """``[B]`` log P(target | prompt, vector_b injected), differentiable in ``vectors``.
+
+    The prefix runs once without gradient; gradients reach the vectors through the last prompt
+    token and the target tokens only (the frozen LM gets none).
+    """
+    P, M = batch.prompt_len, batch.target_ids.shape[1]
+    ids, mask = batch.input_ids, batch.attention_mask
+    cache = lm.prefix_cache(ids[:, :P], mask[:, :P])
+    if vectors is None:
+        logits = lm.continue_from(cache, ids[:, P - 1 :], mask, logits_to_keep=M).logits
+    else:
+        with lm.inject(vectors, layer, positions=0):
+            logits = lm.continue_from(cache, ids[:, P - 1 :], mask, logits_to_keep=M).logits
+    return _target_logprobs(logits, batch.target_ids, batch.target_mask, tokens)

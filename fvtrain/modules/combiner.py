@@ -1,0 +1,106 @@
+"""The affine combiner: ``w = W softmax(s / tau) + b``, learned on training analogies.
+
+For a training analogy A:B :: C:D the source scores ``s`` (log P(B | prompt(A), basis_i), computed
+once: the LM and the basis are frozen, so they never change) give weights ``w``; the composite
+vector ``CFV = w @ basis`` is injected at the last token of the zero-shot prompt of C, and the loss
+is the negative log-probability of D. W and b are the module's only trainable state (and, with
+the temperature, all that its checkpoints hold): the frozen LM is a plain attribute and the basis a
+non-persistent buffer.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from lightning.pytorch import LightningModule
+from torch import nn
+
+from fvtrain.composition.schemes import affine_weights, compose
+from fvtrain.composition.scoring import target_logprob
+
+
+class AffineCombiner(LightningModule):
+    """Learns W (``[N, N]``, identity at start) and b (``[N]``, zero at start)."""
+
+    name = "affine"
+    trainable = True
+
+    def __init__(
+        self,
+        n_basis: int,
+        temperature: float = 1.0,
+        tokens: str = "all",
+        optim: Callable[..., torch.optim.Optimizer] | None = None,
+        lm: Any = None,
+        basis: torch.Tensor | None = None,
+        layer: int | None = None,
+    ) -> None:
+        super().__init__()
+        if n_basis < 1:
+            raise ValueError(f"the affine combiner needs at least one basis vector, got n_basis={n_basis}")
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        if tokens not in ("all", "first"):
+            raise ValueError(f"tokens must be 'all' or 'first', got {tokens!r}")
+        self.save_hyperparameters(ignore=["optim", "lm", "basis", "layer"])
+        self.temperature = float(temperature)
+        self.tokens = tokens
+        self.W = nn.Parameter(torch.eye(n_basis))
+        self.b = nn.Parameter(torch.zeros(n_basis))
+        self.optim_factory = optim
+        # Not an nn.Module: never enters the state dict, the optimiser or a checkpoint.
+        self.lm = lm
+        self.layer = layer
+        self.register_buffer("basis", torch.zeros(0), persistent=False)
+        if basis is not None:
+            self.attach(lm, basis, layer)
+
+    # -- the scheme interface -------------------------------------------------------------
+    def attach(self, lm, basis: torch.Tensor, layer: int) -> "AffineCombiner":
+        """Give the module the frozen LM, the (frozen) basis ``[N, d]`` and the injection layer."""
+        if basis.dim() != 2 or basis.shape[0] != self.W.shape[0]:
+            raise ValueError(f"basis must be [{self.W.shape[0]}, d_model], got {tuple(basis.shape)}")
+        self.lm, self.layer = lm, int(layer)
+        self.basis = basis.detach().float().clone().to(self.W.device)
+        return self
+
+    def weights(self, scores: torch.Tensor) -> torch.Tensor:
+        return affine_weights(scores.to(self.W.device), self.W, self.b, self.temperature)
+
+    def forward(self, scores: torch.Tensor) -> torch.Tensor:
+        return self.weights(scores)
+
+    def describe(self) -> dict:
+        eye = torch.eye(self.W.shape[0], device=self.W.device)
+        return {"name": self.name, "temperature": self.temperature, "tokens": self.tokens,
+                "W_minus_identity_norm": float((self.W.detach() - eye).norm()),
+                "b_norm": float(self.b.detach().norm())}
+
+    # -- training ---------------------------------------------------------------------------
+    def _loss(self, batch: dict) -> torch.Tensor:
+        if self.lm is None or self.basis.numel() == 0:
+            raise RuntimeError("AffineCombiner has no LM/basis: call attach(lm, basis, layer) first")
+        w = self.weights(batch["scores"])
+        cfv = compose(w, self.basis).to(self.lm.dtype)
+        lp = target_logprob(self.lm, batch["target"], cfv, self.layer, self.tokens)
+        return -lp.mean()
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss = self._loss(batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["scores"]))
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss = self._loss(batch)
+        self.log("val/loss", loss, prog_bar=True, batch_size=len(batch["scores"]))
+        return loss
+
+    def configure_optimizers(self):
+        if self.optim_factory is None:
+            return torch.optim.Adam(self.parameters(), lr=0.01)
+        return self.optim_factory(self.parameters())
+
+    def transfer_batch_to_device(self, batch: dict, device: torch.device, dataloader_idx: int) -> dict:
+        return {"scores": batch["scores"].to(device), "target": batch["target"].to(device),
+                **{k: v for k, v in batch.items() if k not in ("scores", "target")}}

@@ -1,0 +1,302 @@
+"""Fixed prompt batches for FFV training and evaluation.
+
+Training a vector with the LM frozen allows one big saving: every prompt column before the last
+one never sees the vector, so its keys/values can be computed once and reused in every epoch.
+That works best when a training batch is the same set of prompts in every epoch, so batches here
+are *fixed*: the training examples are split once (seeded) into batches of near-equal size, and
+each epoch visits those batches in a seeded, epoch-dependent order. The LightningModule keeps
+each batch's prefix cache under the batch's key.
+
+The data module yields plain ``{"stage", "index", "mode", "examples"}`` dicts; the module that
+owns the frozen LM tokenises them. Under DDP every process gets the batches ``rank::world`` of
+the (epoch-shuffled) list, with no padding or repetition: the number of training batches is a
+multiple of the world size (equal steps on every rank), evaluation batches are never duplicated
+(metrics sum exactly across processes).
+
+Evaluation prompts follow :func:`fvtrain.extraction.job.evaluate_relation` exactly (same seeded
+demonstrations per query), so test numbers line up with an extraction run on the same split.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from typing import Iterator, NamedTuple, Sequence
+
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from fvtrain.data.datamodules import sample_demos
+from fvtrain.data.splits import Split, split_hash, splits_from_json, splits_to_json
+from fvtrain.prompts import PromptTemplate, icl, shuffled_icl, zero_shot
+
+TRAIN_MODES = ("zero_shot", "shuffled_icl")
+EVAL_MODES = ("zero_shot", "shuffled_icl")
+
+
+class Example(NamedTuple):
+    relation_index: int
+    relation: str
+    x: str
+    answers: tuple[str, ...]
+    mode: str
+    prompt: str
+
+
+def _check_modes(modes: Sequence[str], allowed: Sequence[str], what: str) -> tuple[str, ...]:
+    modes = (modes,) if isinstance(modes, str) else tuple(modes)
+    bad = [m for m in modes if m not in allowed]
+    if bad:
+        raise ValueError(f"unknown {what} mode(s) {bad}; use {', '.join(allowed)}")
+    return modes
+
+
+def needs_demos(train_modes: Sequence[str], eval_modes: Sequence[str], icl_test: bool) -> bool:
+    return "shuffled_icl" in train_modes or "shuffled_icl" in eval_modes or icl_test
+
+
+def check_demos(split: Split, n_shots: int) -> None:
+    """A train split must supply ``n_shots`` demonstrations besides any query."""
+    if len(split.train) < n_shots + 1:
+        raise ValueError(
+            f"relation {split.relation!r}: {n_shots}-shot prompts need at least {n_shots + 1} train "
+            f"pairs (demonstrations plus a query), but the train split has {len(split.train)}; lower "
+            "ffv.n_shots or raise data.n_train"
+        )
+
+
+def train_examples(
+    split: Split,
+    relation_index: int,
+    template: PromptTemplate,
+    modes: Sequence[str] = ("zero_shot",),
+    n_shots: int = 10,
+    n_shuffled: int = 1,
+    seed: int = 0,
+) -> list[Example]:
+    """One zero-shot prompt per train pair and/or ``n_shuffled`` shuffled-ICL prompts per pair.
+
+    Shuffled prompts draw their demonstrations from the other train pairs, seeded per relation,
+    pair and copy, so they are the same in every epoch and every run with this seed.
+    """
+    modes = _check_modes(modes, TRAIN_MODES, "training prompt")
+    out = []
+    pairs = list(split.train)
+    for mode in modes:
+        for i, p in enumerate(pairs):
+            if mode == "zero_shot":
+                out.append(Example(relation_index, split.relation, p.x, tuple(p.answers), mode,
+                                   zero_shot(template, p.x)))
+                continue
+            for k in range(int(n_shuffled)):
+                rng = random.Random(f"{seed}-{split.relation}-train-shuffled-{i}-{k}")
+                demos = sample_demos(pairs, p.x, n_shots, rng)
+                out.append(Example(relation_index, split.relation, p.x, tuple(p.answers), mode,
+                                   shuffled_icl(template, demos, p.x, rng)))
+    return out
+
+
+def eval_examples(
+    split: Split,
+    stage: str,
+    relation_index: int,
+    template: PromptTemplate,
+    modes: Sequence[str] = ("zero_shot",),
+    n_shots: int = 10,
+    seed: int = 0,
+    clean_icl: bool = False,
+) -> list[Example]:
+    """Zero-shot, shuffled-ICL and (``clean_icl``) ICL prompts of the ``stage`` pairs.
+
+    The recipe is :func:`fvtrain.extraction.job.evaluate_relation`'s: one seeded stream per
+    relation draws every query's demonstrations first, then the shuffles.
+    """
+    modes = _check_modes(modes, EVAL_MODES, "evaluation prompt")
+    pairs = list(split[stage])
+    train = list(split.train)
+    out = []
+    if "zero_shot" in modes:
+        out += [Example(relation_index, split.relation, p.x, tuple(p.answers), "zero_shot",
+                        zero_shot(template, p.x)) for p in pairs]
+    if "shuffled_icl" in modes or clean_icl:
+        rng = random.Random(f"{seed}-{split.relation}-eval")
+        demos = [sample_demos(train, p.x, n_shots, rng) for p in pairs]
+        shuf = [shuffled_icl(template, d, p.x, rng) for d, p in zip(demos, pairs)]
+        if "shuffled_icl" in modes:
+            out += [Example(relation_index, split.relation, p.x, tuple(p.answers), "shuffled_icl", s)
+                    for p, s in zip(pairs, shuf)]
+        if clean_icl:
+            out += [Example(relation_index, split.relation, p.x, tuple(p.answers), "icl",
+                            icl(template, d, p.x)) for d, p in zip(demos, pairs)]
+    return out
+
+
+def train_batches(n: int, batch_size: int, world: int, seed: int) -> list[list[int]]:
+    """Split ``n`` items (seeded order) into near-equal batches; their count is a multiple of
+    ``world`` so every process runs the same number of steps."""
+    if n < world:
+        raise ValueError(f"{n} training prompts cannot feed {world} processes")
+    order = list(range(n))
+    random.Random(f"{seed}-ffv-train-batches").shuffle(order)
+    k = math.ceil(math.ceil(n / max(1, int(batch_size))) / world) * world
+    if k > n:
+        k = n // world * world
+    return [order[round(i * n / k): round((i + 1) * n / k)] for i in range(k)]
+
+
+def eval_batches(examples: Sequence[Example], batch_size: int, world: int = 1) -> list[list[int]]:
+    """Batches of one prompt mode each, similar lengths together; at least ``world`` of them."""
+    out: list[list[int]] = []
+    for mode in dict.fromkeys(e.mode for e in examples):
+        idx = sorted((i for i, e in enumerate(examples) if e.mode == mode),
+                     key=lambda i: (len(examples[i].prompt), i))
+        out += [idx[j: j + batch_size] for j in range(0, len(idx), batch_size)]
+    while 0 < len(out) < world:
+        big = max(range(len(out)), key=lambda j: len(out[j]))
+        if len(out[big]) < 2:
+            break
+        b = out.pop(big)
+        out += [b[: len(b) // 2], b[len(b) // 2:]]
+    return out
+
+
+class ShardSampler(Sampler[int]):
+    """Batch indices of this process: ``rank::world`` of a (per-epoch seeded) order; no padding."""
+
+    def __init__(self, n: int, rank: int = 0, world: int = 1, shuffle: bool = False, seed: int = 0):
+        self.n, self.rank, self.world, self.shuffle, self.seed = n, rank, world, shuffle, seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def order(self) -> list[int]:
+        order = list(range(self.n))
+        if self.shuffle:
+            random.Random(f"{self.seed}-ffv-epoch-{self.epoch}").shuffle(order)
+        return order[self.rank:: self.world]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.order())
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.n, self.world))
+
+
+class BatchList(Dataset):
+    def __init__(self, stage: str, examples: Sequence[Example], batches: Sequence[Sequence[int]]):
+        self.stage, self.examples, self.batches = stage, list(examples), [list(b) for b in batches]
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, i: int) -> dict:
+        ex = [self.examples[j] for j in self.batches[i]]
+        return {"stage": self.stage, "index": i, "mode": ex[0].mode, "examples": ex}
+
+
+def _identity(x):
+    return x
+
+
+class FFVDataModule(LightningDataModule):
+    """Train / validation / test prompts of several relations for one FFV run.
+
+    ``relation_index`` of an example is the relation's position in ``splits`` (the row of the
+    vector parameter). ``test_icl`` adds clean ICL test prompts (the 10-shot baseline) for the
+    relations listed (all when ``True``).
+    """
+
+    def __init__(
+        self,
+        splits: dict[str, Split],
+        template: PromptTemplate | str,
+        train_modes: Sequence[str] = ("zero_shot",),
+        val_modes: Sequence[str] = ("zero_shot",),
+        test_modes: Sequence[str] = ("zero_shot",),
+        test_icl: bool | Sequence[str] = True,
+        n_shots: int = 10,
+        n_shuffled: int = 1,
+        batch_size: int = 32,
+        eval_batch_size: int = 32,
+        seed: int = 0,
+    ):
+        super().__init__()
+        if not splits:
+            raise ValueError("FFVDataModule needs at least one relation")
+        self.splits = dict(splits)
+        self.template = template if isinstance(template, PromptTemplate) else PromptTemplate(template)
+        self.train_modes = _check_modes(train_modes, TRAIN_MODES, "training prompt")
+        self.val_modes = _check_modes(val_modes, EVAL_MODES, "validation prompt")
+        self.test_modes = _check_modes(test_modes, EVAL_MODES, "test prompt")
+        if isinstance(test_icl, bool):
+            test_icl = list(self.splits) if test_icl else []
+        self.test_icl = set(test_icl)
+        self.n_shots, self.n_shuffled = int(n_shots), int(n_shuffled)
+        self.batch_size, self.eval_batch_size, self.seed = int(batch_size), int(eval_batch_size), int(seed)
+        if needs_demos(self.train_modes, self.val_modes + self.test_modes, bool(self.test_icl)):
+            for s in self.splits.values():
+                check_demos(s, self.n_shots)
+        self.examples: dict[str, list[Example]] = {}
+
+    @property
+    def relations(self) -> list[str]:
+        return list(self.splits)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.examples:
+            return
+        t, n, seed = self.template, self.n_shots, self.seed
+        ex: dict[str, list[Example]] = {"train": [], "val": [], "test": []}
+        for i, (name, s) in enumerate(self.splits.items()):
+            ex["train"] += train_examples(s, i, t, self.train_modes, n, self.n_shuffled, seed)
+            ex["val"] += eval_examples(s, "val", i, t, self.val_modes, n, seed)
+            ex["test"] += eval_examples(s, "test", i, t, self.test_modes, n, seed,
+                                        clean_icl=name in self.test_icl)
+        self.examples = ex
+
+    def _rank_world(self) -> tuple[int, int]:
+        tr = getattr(self, "trainer", None)
+        return (tr.global_rank, tr.world_size) if tr is not None else (0, 1)
+
+    def batches(self, stage: str, world: int = 1) -> list[list[int]]:
+        self.setup()
+        ex = self.examples[stage]
+        if not ex:
+            raise ValueError(f"no {stage} prompts: is the {stage} split empty?")
+        if stage == "train":
+            return train_batches(len(ex), self.batch_size, world, self.seed)
+        return eval_batches(ex, self.eval_batch_size, world)
+
+    def _loader(self, stage: str) -> DataLoader:
+        rank, world = self._rank_world()
+        batches = self.batches(stage, world)
+        sampler = ShardSampler(len(batches), rank, world, shuffle=stage == "train", seed=self.seed)
+        return DataLoader(BatchList(stage, self.examples[stage], batches), batch_size=None,
+                          sampler=sampler, collate_fn=_identity)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train")
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")
+
+    # -- the splits travel with every checkpoint -------------------------------------------
+    def state_dict(self) -> dict:
+        return {"splits": splits_to_json(self.splits, seed=self.seed)}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        if "splits" not in state_dict:
+            return
+        saved = splits_from_json(state_dict["splits"])
+        mine = {n: split_hash(s) for n, s in self.splits.items()}
+        theirs = {n: split_hash(s) for n, s in saved.items()}
+        if mine != theirs:
+            raise ValueError(
+                "the checkpoint was trained on other relations or splits than this run "
+                f"(checkpoint: {sorted(theirs)}, run: {sorted(mine)}); resume with the same data, "
+                "data.n_train, data.n_val and seed"
+            )

@@ -1,0 +1,510 @@
+"""``fvtrain-train``: fine-tune function vectors (FFVs) with the language model frozen.
+
+    fvtrain-train                                         # embedded model, FVs extracted first
+    fvtrain-train ffv.fv_run=outputs/extract/2026-01-01/12-00-00 ffv.random_baseline=true
+    fvtrain-train ffv.init=zeros ffv.loss.target=full optim.optimizer.lr=0.02 trainer.max_epochs=20
+    fvtrain-train model=tiny-llama trainer=ddp_sim logger=[csv,tensorboard]
+    fvtrain-train hydra.run.dir=outputs/train/my-run ckpt_path=last   # resume an interrupted run
+
+Writes to the run folder: ``metrics.json`` (test table, per relation and mean), ``bank/<relation>
+.safetensors`` + ``.json`` (the basis bank composition reads), ``bank_random/`` (the random-init
+baseline, when requested), ``checkpoints/`` (vectors + optimiser state only; ``last.ckpt`` and the
+best epoch), ``extraction/`` (when FVs were extracted here), ``splits.json``, ``config.yaml`` and
+the logger folders (``csv/``, ``tensorboard/``, ``wandb/``).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from fvtrain import __version__, cli
+
+log = logging.getLogger("fvtrain.train")
+
+METRIC_KEYS_DOC = (
+    "zero_shot_acc.relations[relation][method] and zero_shot_acc.mean[method]: zero-shot test "
+    "accuracy (top-1 first token, any accepted answer) of each method: none (no vector), fv (the "
+    "extracted function vector), ffv (the fine-tuned vector), ffv_random (FFV trained from a random "
+    "init with the FV's norm, when ffv.random_baseline=true), icl (clean 10-shot ICL prompts, no "
+    "vector). relations[relation][mode][method] = {acc, prob, n} for mode zero_shot and "
+    "shuffled_icl; relations[relation].icl = {acc, prob, n, source}. mean[mode][method] and "
+    "mean.icl are means over relations."
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# config checks and set-up
+# ---------------------------------------------------------------------------------------------
+
+
+def _list(node) -> list:
+    if node is None:
+        return []
+    if isinstance(node, str):
+        return [node]
+    return list(node)
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Everything that can be refused before loading a model."""
+    from fvtrain.modules.data import EVAL_MODES, TRAIN_MODES
+    from fvtrain.modules.ffv import IMPLS, LOSS_TARGETS, SELECT
+    from fvtrain.modules.sources import INITS
+
+    f = cfg.ffv
+    checks = [
+        ("ffv.init", f.init, INITS), ("ffv.impl", f.impl, IMPLS),
+        ("ffv.loss.target", f.loss.target, LOSS_TARGETS), ("ffv.select", f.select, SELECT),
+    ]
+    for key, value, allowed in checks:
+        if value not in allowed:
+            raise cli.ConfigError(f"{key}={value!r}: use one of {', '.join(allowed)}")
+    for key, allowed in (("train_modes", TRAIN_MODES), ("val_modes", EVAL_MODES), ("test_modes", EVAL_MODES)):
+        modes = _list(f[key])
+        bad = [m for m in modes if m not in allowed]
+        if bad or (key != "test_modes" and not modes):
+            raise cli.ConfigError(f"ffv.{key}={modes}: use one or more of {', '.join(allowed)}")
+    if float(f.loss["lambda"]) < 0:
+        raise cli.ConfigError(f"ffv.loss.lambda must be >= 0, got {f.loss['lambda']}")
+    if int(f.batch_size) < 1 or int(f.eval_batch_size) < 1:
+        raise cli.ConfigError("ffv.batch_size and ffv.eval_batch_size must be positive")
+
+
+def model_d_model(cfg: DictConfig) -> int:
+    from fvtrain.models.loading import load_config
+
+    c = load_config(cfg.model.name, cfg.model.get("revision"), cfg.model.get("trust_remote_code", False))
+    c = getattr(c, "text_config", None) or c
+    for name in ("hidden_size", "n_embd", "d_model"):
+        if getattr(c, name, None) is not None:
+            return int(getattr(c, name))
+    raise cli.ConfigError(f"cannot read d_model from the config of {cfg.model.name}")
+
+
+def resolve_ckpt(ckpt_path: str | None, out: Path) -> Path | None:
+    """``last`` (this run folder), a run folder, or a checkpoint file."""
+    if ckpt_path in (None, "", "null"):
+        return None
+    if str(ckpt_path) == "last":
+        p = out / "checkpoints" / "last.ckpt"
+        if not p.is_file():
+            log.warning("ckpt_path=last but %s does not exist: starting from scratch", p)
+            return None
+        return p
+    p = Path(str(ckpt_path)).expanduser()
+    if p.is_dir():
+        for cand in (p / "checkpoints" / "last.ckpt", p / "last.ckpt"):
+            if cand.is_file():
+                return cand
+        raise cli.ConfigError(f"ckpt_path={ckpt_path}: no checkpoints/last.ckpt in that folder")
+    if not p.is_file():
+        raise cli.ConfigError(f"ckpt_path={ckpt_path} does not exist")
+    return p
+
+
+def check_checkpoint(path: Path, relations: list[str], d_model: int, model_id: str) -> dict:
+    """Refuse a checkpoint of other relations, another model or another vector size."""
+    ck = torch.load(path, map_location="cpu", weights_only=False)
+    hp = ck.get("hyper_parameters", {})
+    if hp.get("relations") is not None and list(hp["relations"]) != list(relations):
+        raise cli.ConfigError(f"checkpoint {path} holds vectors of relations {hp['relations']}, "
+                              f"this run trains {relations}")
+    if hp.get("d_model") is not None and int(hp["d_model"]) != d_model:
+        raise cli.ConfigError(f"checkpoint {path} holds vectors of size {hp['d_model']}, this model has "
+                              f"d_model {d_model}")
+    if hp.get("model_id") is not None and hp["model_id"] != model_id:
+        raise cli.ConfigError(f"checkpoint {path} was trained with model {hp['model_id']!r}, this run uses "
+                              f"{model_id!r}")
+    return hp
+
+
+def pin_hydra_run_dir(out: Path) -> None:
+    """Lightning re-launches ``ddp`` ranks with ``hydra.run.dir`` read from Hydra's config; resolve
+    it now so that a rank started a second later does not make its own timestamped folder."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        hc = HydraConfig.get()
+    except Exception:
+        return
+    OmegaConf.set_readonly(hc, False)
+    with open_dict(hc):
+        hc.run.dir = str(out)
+    OmegaConf.set_readonly(hc, True)
+
+
+def instantiate_loggers(cfg: DictConfig) -> list:
+    from hydra.utils import instantiate
+
+    node = cfg.get("logger")
+    if not node:
+        return []
+    out = []
+    for name, sub in node.items():
+        if isinstance(sub, DictConfig) and "_target_" in sub:
+            out.append(instantiate(sub))
+    return out
+
+
+def instantiate_callbacks(cfg: DictConfig, variant: str = "", has_logger: bool = True) -> list:
+    """Callbacks of ``cfg.callbacks``; for a second variant checkpoints go to a subfolder and
+    monitored keys get the variant's log prefix."""
+    from hydra.utils import instantiate
+
+    node = cfg.get("callbacks")
+    if not node:
+        return []
+    out = []
+    for name, sub in node.items():
+        if not (isinstance(sub, DictConfig) and "_target_" in sub):
+            continue
+        if not has_logger and sub._target_.endswith("LearningRateMonitor"):
+            continue  # it refuses to run without a logger
+        kw: dict[str, Any] = {}
+        if variant:
+            if sub.get("dirpath"):
+                kw["dirpath"] = str(Path(sub.dirpath) / variant)
+            if sub.get("monitor"):
+                kw["monitor"] = f"{variant}/{sub.monitor}"
+        out.append(instantiate(sub, **kw))
+    return out
+
+
+def build_trainer(cfg: DictConfig, loggers: list, callbacks: list, **overrides):
+    from hydra.utils import instantiate
+
+    kw = dict(logger=loggers if loggers else False, callbacks=callbacks, use_distributed_sampler=False)
+    kw.update(overrides)
+    return instantiate(cfg.trainer, **kw)
+
+
+def finish_wandb() -> None:
+    """End the wandb run of this job (multirun jobs must not share one)."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish()
+
+
+# ---------------------------------------------------------------------------------------------
+# the job
+# ---------------------------------------------------------------------------------------------
+
+
+def train(cfg: DictConfig) -> dict:
+    """Run FFV training for ``cfg`` (a composed ``train.yaml``); returns the metrics."""
+    try:
+        return _train(cfg)
+    finally:
+        finish_wandb()
+
+
+def _train(cfg: DictConfig) -> dict:
+    from hydra.utils import instantiate
+
+    from fvtrain.data.splits import save_splits, split_hash, split_relation
+    from fvtrain.modules.data import FFVDataModule, check_demos, needs_demos
+    from fvtrain.modules.ffv import FFVModule, LMFactory
+    from fvtrain.modules.sources import common_layer, initial_vectors, load_init_vectors
+    from fvtrain.prompts import PromptTemplate
+
+    t_start = time.time()
+    out = Path(cfg.paths.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    f = cfg.ffv
+    seed = int(cfg.seed)
+    template = PromptTemplate(cfg.prompt.template)
+    check_config(cfg)
+
+    # -- everything checkable without the model -------------------------------------------
+    geo = cli.check_geometry(cfg, f.layer)
+    d_model = model_d_model(cfg)
+    ds = cli.load_relations(cfg.data)
+    splits = {name: split_relation(rel, int(cfg.data.n_train), cfg.data.get("n_val"), seed)
+              for name, rel in ds.relations.items()}
+    relations = list(splits)
+    hashes = {n: split_hash(s) for n, s in splits.items()}
+    train_modes, val_modes = _list(f.train_modes), _list(f.val_modes)
+    test_modes = _list(f.test_modes)
+    if needs_demos(train_modes, val_modes + test_modes, bool(f.icl)):
+        for s in splits.values():
+            check_demos(s, int(f.n_shots))
+
+    resume = resolve_ckpt(cfg.get("ckpt_path"), out)
+    if resume is not None:
+        check_checkpoint(resume, relations, d_model, cfg.model.name)
+
+    fv_run = f.get("fv_run")
+    if fv_run is None and resume is not None:
+        prev = resume.parent.parent / "extraction"  # a run folder that extracted its own FVs
+        if (prev / "vectors").is_dir():
+            fv_run = str(prev)
+            log.info("resuming: reusing the FVs extracted in %s", prev)
+    need_fv = f.init in ("fv", "random") or bool(f.compare_fv)
+    fv, fv_manifests, fv_folder = None, {}, None
+    if fv_run is not None:
+        fv, fv_manifests, fv_folder = load_init_vectors(
+            fv_run, relations, model_id=cfg.model.name, d_model=d_model, layer=f.layer,
+            split_hashes=None if f.allow_split_mismatch else hashes)
+    layer = f.layer if f.layer is not None else common_layer(fv_manifests)
+    if layer is None:
+        layer = max(0, round(geo["n_layers"] / 3))
+    layer = int(layer)
+    if fv is None and need_fv:
+        from fvtrain.extraction.job import check_shots
+
+        for s in splits.values():
+            check_shots(s, int(cfg.extract.n_shots))
+
+    cli.save_resolved_config(cfg, out)
+    save_splits(out / "splits.json", splits, seed=seed, n_train=int(cfg.data.n_train))
+
+    # -- the model, and the FVs when they must be extracted here ---------------------------
+    cli.seed_everything(seed)
+    lm = cli.load_model(cfg)
+    lm.check_layer(layer)
+    if fv_manifests:
+        revs = {m.get("model_revision") for m in fv_manifests.values()} - {None}
+        if lm.source.revision is not None and revs and revs != {lm.source.revision}:
+            from fvtrain.modules.sources import InitArtifactError
+
+            raise InitArtifactError(f"the init vectors were made with revision(s) {sorted(revs)} of "
+                                    f"{lm.model_id}, this run loaded {lm.source.revision!r}")
+    if fv is None and need_fv:
+        fv, fv_manifests, fv_folder = extract_fvs(cfg, lm, splits, template, seed, layer, out)
+    frozen = sum(p.numel() for p in lm.model.parameters())
+
+    # ICL baseline: reuse the extraction's numbers when they were measured on the same prompts.
+    icl_reused = reusable_icl(fv_manifests, hashes, template, seed, int(f.n_shots)) \
+        if f.icl and f.icl_from_extraction else {}
+    icl_compute = [r for r in relations if f.icl and r not in icl_reused]
+
+    dm = FFVDataModule(splits, template, train_modes, val_modes, test_modes, icl_compute,
+                       int(f.n_shots), int(f.n_shuffled), int(f.batch_size), int(f.eval_batch_size), seed)
+    optimizer = instantiate(cfg.optim.optimizer)
+    scheduler = instantiate(cfg.optim.scheduler) if cfg.optim.get("scheduler") else None
+    factory = LMFactory(OmegaConf.to_container(cfg.model, resolve=True))
+    hp_common = {
+        "model_id": lm.model_id, "model_revision": lm.source.revision, "params_frozen": frozen,
+        "train_modes": train_modes, "n_shots": int(f.n_shots), "n_shuffled": int(f.n_shuffled),
+        "batch_size": int(f.batch_size), "seed": seed, "select": f.select,
+        "fv_source": str(fv_folder) if fv_folder else None,
+        "optimizer": OmegaConf.to_container(cfg.optim, resolve=True),
+        "max_epochs": cfg.trainer.get("max_epochs"), "fvtrain_version": __version__,
+    }
+
+    def make_module(init_kind: str, prefix: str = "") -> FFVModule:
+        init = initial_vectors(init_kind, relations, d_model, seed, fv)
+        m = FFVModule(relations, layer, init, fv if f.compare_fv or init_kind == "fv" else None,
+                      lm_factory=factory, optimizer=optimizer, scheduler=scheduler,
+                      scheduler_interval=cfg.optim.get("interval", "epoch"),
+                      loss_target=f.loss.target, lam=float(f.loss["lambda"]), impl=f.impl,
+                      template=template, val_modes=val_modes, test_modes=test_modes,
+                      log_prefix=prefix, log_per_relation=bool(f.log_per_relation),
+                      hparams={**hp_common, "init": init_kind, "variant": prefix.rstrip("/") or "ffv"})
+        return m.attach_lm(lm)
+
+    pin_hydra_run_dir(out)
+    loggers = instantiate_loggers(cfg)
+    for lg in loggers:  # start wandb in this process so spawned ranks attach to the same run
+        if lg.__class__.__name__ == "WandbLogger":
+            _ = lg.experiment
+
+    # -- fit the FFVs ----------------------------------------------------------------------
+    times = {}
+    module = make_module(f.init)
+    t0 = time.time()
+    trainer = build_trainer(cfg, loggers, instantiate_callbacks(cfg, has_logger=bool(loggers)))
+    trainer.fit(module, datamodule=dm, ckpt_path=str(resume) if resume else None)
+    times["fit_s"] = time.time() - t0
+    vectors = select(module, trainer, f.select)
+
+    random_vectors, random_module = None, None
+    if f.random_baseline:
+        random_module = make_module("random", prefix="random/").share_from(module)
+        rresume = resume.parent / "random" / "last.ckpt" if resume is not None else None
+        t0 = time.time()
+        rtrainer = build_trainer(cfg, loggers, instantiate_callbacks(cfg, variant="random", has_logger=bool(loggers)))
+        rtrainer.fit(random_module, datamodule=dm,
+                     ckpt_path=str(rresume) if rresume is not None and rresume.is_file() else None)
+        times["fit_random_s"] = time.time() - t0
+        random_vectors = select(random_module, rtrainer, f.select)
+
+    # -- test: every method side by side ---------------------------------------------------
+    with torch.no_grad():
+        module.vectors.copy_(vectors.to(module.vectors))
+    if random_vectors is not None:
+        module.set_random_baseline(random_vectors)
+    t0 = time.time()
+    ttrainer = build_trainer(cfg, loggers, [c for c in instantiate_callbacks(cfg, has_logger=bool(loggers))
+                                            if "Checkpoint" not in type(c).__name__])
+    ttrainer.test(module, datamodule=dm)
+    times["test_s"] = time.time() - t0
+    logged = {k: float(v) for k, v in ttrainer.callback_metrics.items()}
+    if ttrainer.global_rank != 0:
+        return {}
+
+    metrics = collect_metrics(logged, relations, module, test_modes, icl_reused, splits)
+    val = {r: {"acc": float(module.best_val[0][i]), "prob": float(module.best_val[1][i]),
+               "best_epoch": int(module.best_epoch[i])} for i, r in enumerate(relations)}
+    for r in relations:
+        metrics["relations"][r]["val"] = val[r]
+    times["total_s"] = time.time() - t_start
+    metrics.update({
+        "keys": METRIC_KEYS_DOC, "layer": layer, "init": f.init, "select": f.select,
+        "loss_target": f.loss.target, "lambda": float(f.loss["lambda"]), "impl": f.impl,
+        "epochs": int(trainer.current_epoch), "fv_source": str(fv_folder) if fv_folder else None,
+        "model": lm.describe(), "params": {"trainable": len(relations) * d_model, "frozen": frozen},
+        "times": times,
+    })
+    from fvtrain.artifacts import write_json
+
+    if f.save_bank:
+        save_bank(out / "bank", lm, relations, vectors, splits, template, cfg, layer, fv_manifests,
+                  metrics, "ffv", val)
+        if random_vectors is not None:
+            rval = {r: {"acc": float(random_module.best_val[0][i]), "prob": float(random_module.best_val[1][i]),
+                        "best_epoch": int(random_module.best_epoch[i])} for i, r in enumerate(relations)}
+            save_bank(out / "bank_random", lm, relations, random_vectors, splits, template, cfg, layer,
+                      fv_manifests, metrics, "ffv_random", rval)
+    write_json(out / "metrics.json", metrics)
+    print_summary(metrics, layer)
+    print(f"run folder: {out}")
+    return metrics
+
+
+def select(module, trainer, how: str) -> torch.Tensor:
+    """Per-relation best validation epoch, the checkpoint with the best mean, or the last epoch."""
+    if how == "best":
+        cb = trainer.checkpoint_callback
+        path = getattr(cb, "best_model_path", "") if cb is not None else ""
+        if not path:
+            log.warning("ffv.select=best but no best checkpoint was kept; using the last vectors")
+            return module.vectors.detach().cpu().clone()
+        state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+        return state["vectors"].float().clone()
+    return module.selected_vectors(how)
+
+
+def extract_fvs(cfg, lm, splits, template, seed, layer, out):
+    """FVs of every relation (train split only), saved as an extraction run under ``extraction/``."""
+    from fvtrain.artifacts import load_vector
+    from fvtrain.extraction.job import extract_relation, save_extracted
+
+    folder = out / "extraction"
+    vecs, mans = [], {}
+    log.info("extracting function vectors at layer %d for %d relation(s)", layer, len(splits))
+    with cli.progress() as bar:
+        task = bar.add_task("extraction", total=len(splits))
+        for name, split in splits.items():
+            ex = extract_relation(lm, split, cfg.extract, template, seed, layer, progress=bar)
+            ex.metrics = {"layer": layer, "heads": [[l, h, a] for l, h, a in ex.heads]}
+            save_extracted(folder, lm, ex, split, template, cfg.extract, seed)
+            v, man = load_vector(folder / "vectors" / name)
+            vecs.append(v.float())
+            mans[name] = man
+            bar.advance(task)
+    return torch.stack(vecs), mans, folder / "vectors"
+
+
+def reusable_icl(manifests: dict, hashes: dict, template, seed: int, n_shots: int) -> dict:
+    """Clean-ICL test numbers of an extraction run measured on exactly this run's test prompts."""
+    out = {}
+    for r, man in manifests.items():
+        icl = (man.get("metrics") or {}).get("icl")
+        if (icl and man.get("split_hash") == hashes.get(r) and man.get("template") == template.template
+                and man.get("seed") == seed and int(man.get("n_shots", -1)) == n_shots):
+            out[r] = {"acc": icl.get("acc"), "prob": icl.get("prob"), "n": icl.get("n"),
+                      "source": "extraction"}
+    return out
+
+
+def collect_metrics(logged: dict, relations, module, test_modes, icl_reused, splits) -> dict:
+    methods = module.methods()
+    per: dict[str, dict] = {}
+    for r in relations:
+        entry: dict[str, Any] = {}
+        for mode in test_modes:
+            n = logged.get(f"test/{mode}/ffv/n/{r}")
+            entry[mode] = {m: {"acc": logged.get(f"test/{mode}/{m}/acc/{r}"),
+                               "prob": logged.get(f"test/{mode}/{m}/prob/{r}"),
+                               "n": None if n is None else int(n)} for m in methods}
+        if r in icl_reused:
+            entry["icl"] = dict(icl_reused[r])
+        elif f"test/icl/acc/{r}" in logged:
+            entry["icl"] = {"acc": logged[f"test/icl/acc/{r}"], "prob": logged[f"test/icl/prob/{r}"],
+                            "n": int(logged[f"test/icl/n/{r}"]), "source": "test"}
+        entry["n_test"] = len(splits[r].test)
+        per[r] = entry
+
+    def mean(xs):
+        xs = [x for x in xs if x is not None]
+        return sum(xs) / len(xs) if xs else None
+
+    means: dict[str, Any] = {"n_relations": len(relations)}
+    for mode in test_modes:
+        means[mode] = {m: mean([per[r][mode][m]["acc"] for r in relations]) for m in methods}
+        means[f"{mode}_prob"] = {m: mean([per[r][mode][m]["prob"] for r in relations]) for m in methods}
+    if any("icl" in per[r] for r in relations):
+        means["icl"] = mean([per[r].get("icl", {}).get("acc") for r in relations])
+    table_methods = methods + (["icl"] if "icl" in means else [])
+
+    def row(r):
+        zs = per[r].get("zero_shot", {})
+        d = {m: zs[m]["acc"] for m in methods if m in zs}
+        if "icl" in per[r]:
+            d["icl"] = per[r]["icl"]["acc"]
+        return d
+
+    table = {"methods": table_methods, "relations": {r: row(r) for r in relations}}
+    table["mean"] = {m: mean([table["relations"][r].get(m) for r in relations]) for m in table_methods}
+    return {"zero_shot_acc": table, "relations": per, "mean": means}
+
+
+def save_bank(folder: Path, lm, relations, vectors, splits, template, cfg, layer, fv_manifests,
+              metrics, kind, val) -> None:
+    from fvtrain.artifacts import save_vector
+    from fvtrain.data.splits import split_hash
+
+    f = cfg.ffv
+    for i, r in enumerate(relations):
+        fvm = fv_manifests.get(r, {})
+        test = {k: v for k, v in metrics["relations"][r].items() if k != "val"}
+        man = {
+            "kind": kind, "relation": r, "model_id": lm.model_id, "model_revision": lm.source.revision,
+            "model_type": lm.adapter.model_type, "n_layers": lm.n_layers, "layer": layer,
+            "heads": fvm.get("heads", []), "k": fvm.get("k"), "template": template.template,
+            "n_shots": int(f.n_shots), "split_hash": split_hash(splits[r]), "seed": int(cfg.seed),
+            "init": "random" if kind == "ffv_random" else f.init, "fv_norm": fvm.get("norm"),
+            "loss_target": f.loss.target, "lambda": float(f.loss["lambda"]),
+            "train_modes": _list(f.train_modes), "select": f.select,
+            "best_epoch": val[r]["best_epoch"], "metrics": {"val": val[r], "test": test},
+            "fvtrain_version": __version__,
+        }
+        save_vector(folder, r, vectors[i], man)
+
+
+def print_summary(metrics: dict, layer: int) -> None:
+    t = metrics["zero_shot_acc"]
+    cols = t["methods"]
+    rows = [(r, *[d.get(m) if d.get(m) is not None else "-" for m in cols]) for r, d in t["relations"].items()]
+    rows.append(("mean", *[t["mean"].get(m) if t["mean"].get(m) is not None else "-" for m in cols]))
+    cli.print_table(f"Zero-shot test accuracy, vectors injected at layer {layer}", ["relation", *cols], rows)
+    if "shuffled_icl" in metrics["mean"]:
+        sm = metrics["mean"]["shuffled_icl"]
+        cli.print_table("Shuffled-ICL test accuracy (mean over relations)", list(sm),
+                        [tuple(sm[m] if sm[m] is not None else "-" for m in sm)])
+
+
+def main() -> None:
+    cli.run("train", train)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,466 @@
+"""Composition: basis bank, batched scoring (= the reference loop), weight schemes, the affine
+combiner, analogy evaluation and bad input. Tiny random models only; fast."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from fvtrain.artifacts import save_vector, write_json
+from fvtrain.composition import (
+    BankError,
+    Softmax,
+    Top1,
+    Uniform,
+    affine_weights,
+    compose,
+    load_bank,
+    make_scheme,
+    score_pairs,
+    source_scores,
+    source_scores_loop,
+    target_logprob,
+)
+from fvtrain.composition.training import (
+    CombinerDataModule,
+    analogies_from_pairs,
+    fit_combiner,
+    relation_train_pairs,
+)
+from fvtrain.data import load as load_data
+from fvtrain.data.splits import save_splits, split_hash, split_relation
+from fvtrain.data.types import AnalogyItem, Pair
+from fvtrain.evaluation.analogy import AnalogyEncodingError, check_encodable, evaluate_items, summarise
+from fvtrain.models import load_model
+from fvtrain.modules.combiner import AffineCombiner
+from fvtrain.prompts import PromptTemplate, icl, make_batch, zero_shot
+
+T = PromptTemplate()
+RELS = ["antonym", "country_capital", "plural"]
+
+
+def manifest(rel: str, layer: int = 1, model: str = "tiny-llama", revision: str | None = "seed:0",
+             **extra) -> dict:
+    return {"kind": "ffv", "relation": rel, "model_id": model, "model_revision": revision,
+            "model_type": "llama", "layer": layer, "seed": 0, **extra}
+
+
+def make_bank(folder: Path, lm, rels=RELS, layer: int = 1, scale: float = 3.0, seed: int = 0) -> Path:
+    g = torch.Generator().manual_seed(seed)
+    for r in rels:
+        save_vector(folder, r, torch.randn(lm.d_model, generator=g) * scale,
+                    manifest(r, layer, lm.model_id, lm.source.revision))
+    return folder
+
+
+def bank_tensor(lm, n: int, scale: float = 3.0, seed: int = 0) -> torch.Tensor:
+    return torch.randn(n, lm.d_model, generator=torch.Generator().manual_seed(seed)) * scale
+
+
+PAIRS = [("hot", "cold"), ("big", "small and tiny"), ("France", "Paris"), ("up", "down"), ("quick", "slow")]
+
+
+# -- scoring --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3", "qwen3", "gpt2", "gpt_neox", "gptj"])
+@pytest.mark.parametrize("max_rows", [64, 5])
+def test_batched_scoring_equals_loop(family, max_rows):
+    lm = load_model(f"tiny-{family}")
+    b = make_batch(lm.tokenizer, [zero_shot(T, a) for a, _ in PAIRS], [y for _, y in PAIRS], T)
+    assert b.prompt_mask.sum(1).unique().numel() > 1  # left padding really happens
+    assert b.target_mask.sum(1).unique().numel() > 1  # and targets of different lengths
+    bank = bank_tensor(lm, 7)
+    fast = source_scores(lm, b, bank, 1, max_rows=max_rows)  # 5 rows: vectors split over forwards
+    ref = source_scores_loop(lm, b, bank, 1)
+    assert fast.shape == ref.shape == (len(PAIRS), 7)
+    assert (fast - ref).abs().max() <= 1e-5
+    assert ref.std(1).min() > 1e-3  # the vectors really change the scores
+
+
+def test_one_prompt_scores_all_vectors_in_one_forward(tiny_llama):
+    """Shared prompt, one row per vector: a prefix forward and one forward of N rows."""
+    lm = tiny_llama
+    calls = []
+    h = lm.model.register_forward_pre_hook(lambda m, a, kw: calls.append(kw["input_ids"].shape),
+                                           with_kwargs=True)
+    try:
+        b = make_batch(lm.tokenizer, [zero_shot(T, "hot")], ["cold"], T)
+        s = source_scores(lm, b, bank_tensor(lm, 30), 1, max_rows=64)
+    finally:
+        h.remove()
+    assert s.shape == (1, 30)
+    assert len(calls) == 2 and calls[1][0] == 30
+
+
+def test_score_pairs_matches_direct_batch(tiny_llama):
+    lm = tiny_llama
+    bank = bank_tensor(lm, 4)
+    s = score_pairs(lm, PAIRS, bank, 2, T, batch_size=2)
+    b = make_batch(lm.tokenizer, [zero_shot(T, a) for a, _ in PAIRS], [y for _, y in PAIRS], T)
+    torch.testing.assert_close(s, source_scores_loop(lm, b, bank, 2), rtol=0, atol=1e-5)
+
+
+def test_target_logprob_equals_score_and_gradients_reach_only_the_vector(tiny_llama):
+    lm = tiny_llama
+    b = make_batch(lm.tokenizer, [zero_shot(T, a) for a, _ in PAIRS], [y for _, y in PAIRS], T)
+    v = bank_tensor(lm, len(PAIRS)).requires_grad_(True)
+    lp = target_logprob(lm, b, v, 1)
+    ref = lm.score(b, vector=v.detach(), layer=1).target_logprob
+    torch.testing.assert_close(lp.detach(), ref, rtol=0, atol=1e-5)
+    lp.sum().backward()
+    assert v.grad is not None and v.grad.abs().sum() > 0
+    assert all(p.grad is None for p in lm.model.parameters())
+    torch.testing.assert_close(target_logprob(lm, b, None, None).detach(), lm.score(b).target_logprob,
+                               rtol=0, atol=1e-5)
+
+
+def test_scoring_rejects_a_vector_of_another_size(tiny_llama):
+    b = make_batch(tiny_llama.tokenizer, ["Q: hot\nA:"], ["cold"], T)
+    with pytest.raises(ValueError, match="was it made for another model"):
+        source_scores(tiny_llama, b, torch.zeros(3, tiny_llama.d_model + 1), 1)
+    with pytest.raises(ValueError, match="non-empty"):
+        source_scores(tiny_llama, b, torch.zeros(0, tiny_llama.d_model), 1)
+
+
+# -- weight schemes -------------------------------------------------------------------------------
+
+
+def test_weight_schemes():
+    s = torch.tensor([[-1.0, -3.0, -2.0], [-5.0, -4.0, -6.0]])
+    torch.testing.assert_close(Uniform()(s), torch.full((2, 3), 1 / 3))
+    torch.testing.assert_close(Softmax(2.0)(s), torch.softmax(s / 2, -1))
+    assert Softmax(0.01)(s).argmax(-1).tolist() == [0, 1]
+    torch.testing.assert_close(Top1()(s), torch.tensor([[1.0, 0, 0], [0, 1.0, 0]]))
+    W, b = torch.eye(3), torch.zeros(3)
+    torch.testing.assert_close(affine_weights(s, W, b, 1.0), torch.softmax(s, -1))
+    W2 = torch.tensor([[0.0, 1, 0], [1, 0, 0], [0, 0, 1]])
+    torch.testing.assert_close(affine_weights(s, W2, torch.ones(3), 1.0),
+                               torch.softmax(s, -1)[:, [1, 0, 2]] + 1)
+    bank = torch.randn(3, 5)
+    torch.testing.assert_close(compose(Top1()(s), bank), bank[[0, 1]])
+    assert make_scheme("softmax", 0.5).temperature == 0.5
+    with pytest.raises(ValueError, match="affine is trained"):
+        make_scheme("affine")
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        Softmax(0.0)
+
+
+# -- the bank -------------------------------------------------------------------------------------
+
+
+def test_bank_from_run_folder_prefers_bank_over_vectors(tmp_path, tiny_llama):
+    make_bank(tmp_path / "run" / "vectors", tiny_llama, ["antonym", "plural"])
+    assert load_bank(tmp_path / "run").names == ["antonym", "plural"]
+    make_bank(tmp_path / "run" / "bank", tiny_llama, RELS)
+    bank = load_bank(tmp_path / "run")
+    assert bank.names == RELS and bank.path.endswith("bank") and bank.kind == "ffv"
+    assert bank.vectors.shape == (3, tiny_llama.d_model) and bank.layer == 1
+    assert load_bank(tmp_path / "run" / "vectors").names == ["antonym", "plural"]
+    sub = load_bank(tmp_path / "run", relations=["plural", "antonym"])
+    assert sub.names == ["plural", "antonym"]
+    torch.testing.assert_close(sub.vectors[0], bank.vectors[2])
+    bank.check_compatible(tiny_llama)
+    with pytest.raises(BankError, match="'synonym', not in the bank"):
+        load_bank(tmp_path / "run", relations=["synonym"])
+
+
+def test_empty_or_missing_bank_is_a_clear_error(tmp_path):
+    with pytest.raises(BankError, match="no basis bank given"):
+        load_bank(None)
+    with pytest.raises(BankError, match="does not exist"):
+        load_bank(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(BankError, match="is empty: no vectors"):
+        load_bank(tmp_path / "empty")
+    (tmp_path / "empty" / "x.safetensors").write_bytes(b"")
+    with pytest.raises(BankError, match=r"1 \.safetensors file\(s\) without a \.json manifest"):
+        load_bank(tmp_path / "empty")
+
+
+def test_bank_mixing_models_or_layers_is_a_clear_error(tmp_path):
+    v = torch.ones(8)
+    save_vector(tmp_path / "a", "antonym", v, manifest("antonym", 1))
+    save_vector(tmp_path / "a", "plural", v, manifest("plural", 1))
+    save_vector(tmp_path / "a", "synonym", v, manifest("synonym", 2))
+    with pytest.raises(BankError, match=r"mixes layers: most vectors have layer=1, but synonym \(layer=2\)"):
+        load_bank(tmp_path / "a")
+    save_vector(tmp_path / "b", "antonym", v, manifest("antonym"))
+    save_vector(tmp_path / "b", "plural", v, manifest("plural", model="tiny-qwen3"))
+    with pytest.raises(BankError, match="mixes model_ids"):
+        load_bank(tmp_path / "b")
+    save_vector(tmp_path / "c", "antonym", v, manifest("antonym"))
+    save_vector(tmp_path / "c", "plural", v, manifest("plural", revision="other"))
+    with pytest.raises(BankError, match="mixes model_revisions"):
+        load_bank(tmp_path / "c")
+    save_vector(tmp_path / "d", "antonym", v, manifest("antonym"))
+    save_vector(tmp_path / "d", "plural", torch.ones(9), manifest("plural"))
+    with pytest.raises(BankError, match="mixes d_models"):
+        load_bank(tmp_path / "d")
+    save_vector(tmp_path / "e", "one", v, manifest("antonym"))
+    save_vector(tmp_path / "e", "two", v, manifest("antonym"))
+    with pytest.raises(BankError, match="several vectors for relation"):
+        load_bank(tmp_path / "e")
+    save_vector(tmp_path / "f", "antonym", v, {"model_id": "tiny-llama"})
+    with pytest.raises(BankError, match="has no 'layer'"):
+        load_bank(tmp_path / "f")
+
+
+def test_bank_incompatible_with_the_model(tmp_path, tiny_llama):
+    lm = tiny_llama
+    save_vector(tmp_path / "a", "antonym", torch.ones(lm.d_model), manifest("antonym", model="tiny-qwen2"))
+    with pytest.raises(BankError, match="made with model 'tiny-qwen2'.*loads 'tiny-llama'"):
+        load_bank(tmp_path / "a").check_compatible(lm)
+    load_bank(tmp_path / "a").check_compatible(lm, check_model=False)
+    save_vector(tmp_path / "b", "antonym", torch.ones(lm.d_model + 2), manifest("antonym"))
+    with pytest.raises(BankError, match="vectors of size 50, but tiny-llama has d_model 48"):
+        load_bank(tmp_path / "b").check_compatible(lm)
+    save_vector(tmp_path / "c", "antonym", torch.ones(lm.d_model), manifest("antonym", layer=9))
+    with pytest.raises(BankError, match="layer 9, but tiny-llama has 4 layers"):
+        load_bank(tmp_path / "c").check_compatible(lm)
+
+
+# -- analogy evaluation ---------------------------------------------------------------------------
+
+
+ITEMS = [
+    AnalogyItem("hot", "cold", "big", ("small", "little"), (("big", "large"), ("big", "small"), ("big", "huge")),
+                1, "near", "antonym"),
+    AnalogyItem("France", "Paris", "Italy", ("Rome",), None, None, "far", "country_capital"),
+    AnalogyItem("dog", "dogs", "cat", ("cats",), (("cat", "kitten"), ("cat", "cats")), 1, "far", "plural"),
+]
+
+
+def test_evaluate_items_matches_direct_scoring(tiny_llama):
+    lm = tiny_llama
+    vecs = bank_tensor(lm, len(ITEMS))
+    for vectors, layer in [(None, None), (vecs, 1)]:
+        res = evaluate_items(lm, ITEMS, T, vectors, layer, batch_size=2)
+        for i, it in enumerate(ITEMS):
+            v = None if vectors is None else vectors[i]
+            b = make_batch(lm.tokenizer, [zero_shot(T, it.c)], [list(it.d)], T)
+            assert bool(res.open_correct[i]) == bool(lm.score(b, v, layer).correct[0])
+            if it.choices is None:
+                assert torch.isnan(res.mc_correct[i]) and res.mc_pred[i] == -1
+                continue
+            cb = make_batch(lm.tokenizer, [zero_shot(T, c) for c, _ in it.choices], [d for _, d in it.choices], T)
+            k = int(lm.score(cb, v, layer).target_logprob.argmax())
+            assert int(res.mc_pred[i]) == k and float(res.mc_correct[i]) == float(k == it.answer_index)
+
+
+def test_one_shot_prompt_shows_the_source_pair():
+    assert icl(T, [("hot", "cold")], "big") == "Q: hot\nA: cold\n\nQ: big\nA:"
+
+
+def test_summarise_groups_by_distance_and_relation():
+    from fvtrain.evaluation.analogy import ItemResults
+
+    res = ItemResults(torch.tensor([True, False, True]), torch.tensor([1.0, float("nan"), 0.0]),
+                      torch.tensor([1, -1, 0]), ["a", "b", "c"])
+    m = summarise(ITEMS, res)
+    assert m["open"]["all"] == {"acc": pytest.approx(2 / 3), "n": 3}
+    assert m["open"]["near"] == {"acc": 1.0, "n": 1} and m["open"]["far"] == {"acc": 0.5, "n": 2}
+    assert m["mc"]["all"] == {"acc": 0.5, "n": 2} and m["mc"]["far"] == {"acc": 0.0, "n": 1}
+    assert m["open"]["by_relation"]["country_capital"] == {"acc": 0.0, "n": 1}
+    assert m["mc"]["by_relation"]["country_capital"] == {"acc": None, "n": 0}
+
+
+class DropWords:
+    """A tokenizer that encodes some words to nothing (as a vocabulary without them would)."""
+
+    def __init__(self, tok, bad):
+        self.tok, self.bad = tok, bad
+
+    def __call__(self, text, add_special_tokens=True):
+        if any(w in text for w in self.bad):
+            return {"input_ids": []}
+        return self.tok(text, add_special_tokens=add_special_tokens)
+
+    def __getattr__(self, name):
+        return getattr(self.tok, name)
+
+
+def test_analogy_whose_words_do_not_encode_is_a_clear_error(tiny_llama):
+    tok = DropWords(tiny_llama.tokenizer, ["Rome"])
+    with pytest.raises(AnalogyEncodingError,
+                       match=r"analogy 1 'France : Paris :: Italy : Rome': D 'Rome' encodes to no token"):
+        check_encodable(tok, ITEMS, T)
+    kept, skipped = check_encodable(tok, ITEMS, T, on_bad="skip")
+    assert kept == [ITEMS[0], ITEMS[2]] and len(skipped) == 1
+    tok = DropWords(tiny_llama.tokenizer, ["kitten"])
+    with pytest.raises(AnalogyEncodingError, match="choice 0 D 'kitten'"):
+        check_encodable(tok, ITEMS, T)
+    assert check_encodable(tiny_llama.tokenizer, ITEMS, T)[0] == ITEMS
+
+
+# -- the affine combiner --------------------------------------------------------------------------
+
+
+def test_combiner_starts_as_softmax_and_only_W_b_are_state(tiny_llama):
+    c = AffineCombiner(4, temperature=0.5, lm=tiny_llama, basis=bank_tensor(tiny_llama, 4), layer=1)
+    torch.testing.assert_close(c.W.detach(), torch.eye(4))
+    torch.testing.assert_close(c.b.detach(), torch.zeros(4))
+    s = torch.randn(3, 4)
+    torch.testing.assert_close(c.weights(s), Softmax(0.5)(s))
+    assert {n for n, p in c.named_parameters() if p.requires_grad} == {"W", "b"}
+    assert set(c.state_dict()) == {"W", "b"}
+    with pytest.raises(ValueError, match="basis must be"):
+        c.attach(tiny_llama, torch.zeros(3, tiny_llama.d_model), 1)
+
+
+def test_combiner_training_lowers_the_loss_and_leaves_the_lm_alone(tmp_path, tiny_llama):
+    from functools import partial
+
+    import lightning
+
+    lm = tiny_llama
+    before = {k: v.clone() for k, v in lm.model.state_dict().items()}
+    basis = bank_tensor(lm, 3)
+    pairs = {"antonym": [Pair(x, (y,)) for x, y in [("hot", "cold"), ("big", "small"), ("up", "down"),
+                                                      ("good", "bad"), ("fast", "slow")]]}
+    items = analogies_from_pairs(pairs, 12, seed=0)
+    scores = score_pairs(lm, [(it.a, it.b) for it in items], basis, 1, T)
+    c = AffineCombiner(3, optim=partial(torch.optim.Adam, lr=0.05), lm=lm, basis=basis, layer=1)
+    data = CombinerDataModule(items, scores, lm.tokenizer, T, batch_size=4, val_fraction=0.25, seed=0)
+
+    def loss():
+        with torch.no_grad():
+            return float(c._loss(data.collate(data.train_idx)))
+
+    start = loss()
+    factory = partial(lightning.Trainer, max_epochs=6, accelerator="cpu", devices=1,
+                      enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
+    info = fit_combiner(c, data, factory, tmp_path)
+    assert info["n_train"] == 9 and info["n_val"] == 3 and info["monitor"] == "val/loss"
+    assert loss() < start
+    assert not torch.equal(c.W.detach(), torch.eye(3))
+    for k, v in lm.model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    ckpt = torch.load(tmp_path / "checkpoints" / "combiner-best.ckpt", map_location="cpu", weights_only=False)
+    assert set(ckpt["state_dict"]) == {"W", "b"}
+    assert (tmp_path / "combiner" / "metrics.csv").is_file()
+
+
+def test_training_analogies_from_pairs():
+    pairs = {"antonym": [Pair(x, (y,)) for x, y in [("hot", "cold"), ("cold", "hot"), ("up", "down")]],
+             "plural": [Pair("cat", ("cats",)), Pair("dog", ("dogs",))]}
+    items = analogies_from_pairs(pairs, 50, seed=0)
+    # hot:cold :: cold:hot has B equal to D... no: D=hot, B=cold; it is kept; a pair with itself is not.
+    assert all(it.a != it.c for it in items)
+    assert sum(it.relation == "plural" for it in items) == 2
+    assert analogies_from_pairs(pairs, 2, seed=0) == analogies_from_pairs(pairs, 2, seed=0)
+    assert len(analogies_from_pairs(pairs, 2, seed=0)) == 4
+
+
+def test_relation_train_pairs_from_splits_file_or_data(tmp_path, tiny_llama):
+    ds = load_data("builtin", relations=RELS)
+    splits = {r: split_relation(ds.relations[r], 20, None, 0) for r in RELS}
+    folder = tmp_path / "run" / "vectors"
+    for r in RELS:
+        save_vector(folder, r, torch.ones(tiny_llama.d_model), manifest(r, split_hash=split_hash(splits[r])))
+    bank = load_bank(tmp_path / "run")
+    from_data = relation_train_pairs(bank, ds, 20)
+    assert {r: list(p) for r, p in from_data.items()} == {r: list(splits[r].train) for r in RELS}
+    save_splits(tmp_path / "run" / "splits.json", {"antonym": split_relation(ds.relations["antonym"], 5, None, 1)})
+    mixed = relation_train_pairs(bank, ds, 20)
+    assert len(mixed["antonym"]) == 5 and len(mixed["plural"]) == 20
+
+
+# -- configs --------------------------------------------------------------------------------------
+
+
+def _cfg(*overrides: str):
+    from hydra import compose as hcompose
+    from hydra import initialize_config_dir
+
+    from fvtrain.cli import config_dir
+
+    with initialize_config_dir(version_base="1.3", config_dir=str(config_dir())):
+        return hcompose(config_name="compose", overrides=list(overrides))
+
+
+@pytest.mark.parametrize("name", ["uniform", "softmax", "top1", "affine"])
+def test_composition_group_instantiates(name):
+    from hydra.utils import instantiate
+
+    cfg = _cfg(f"composition={name}")
+    assert cfg.composition.name == name
+    scheme = instantiate(cfg.composition.scheme, n_basis=5)
+    assert scheme.name == name
+    w = scheme.weights(torch.randn(2, 5))
+    assert w.shape == (2, 5)
+    if name == "affine":
+        assert callable(scheme.optim_factory) and cfg.composition.train.trainer._partial_
+
+
+# -- the job, in process --------------------------------------------------------------------------
+
+
+def run_compose(tmp_path: Path, *overrides: str):
+    from hydra import compose as hcompose
+    from hydra import initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    from fvtrain.cli import config_dir
+    from fvtrain.compose import compose as compose_job
+
+    with initialize_config_dir(version_base="1.3", config_dir=str(config_dir())):
+        cfg = hcompose(config_name="compose", return_hydra_config=True,
+                       overrides=[f"paths.output_root={tmp_path}", f"hydra.run.dir={tmp_path / 'run'}",
+                                  "model=tiny-llama", *overrides])
+        with open_dict(cfg):
+            cfg.hydra.runtime.output_dir = str(tmp_path / "run")
+        HydraConfig.instance().set_config(cfg)
+        (tmp_path / "run").mkdir(parents=True, exist_ok=True)
+        with open_dict(cfg):
+            del cfg["hydra"]
+        return compose_job(cfg)
+
+
+def test_compose_job_writes_metrics_predictions_and_figure(tmp_path, tiny_llama):
+    make_bank(tmp_path / "ext" / "vectors", tiny_llama)
+    m = run_compose(tmp_path, f"basis.path={tmp_path / 'ext'}", "analogies.max_items=16",
+                    "composition.train.analogies_per_relation=4", "composition.train.trainer.max_epochs=1")
+    run = tmp_path / "run"
+    assert list(m["methods"]) == ["none", "one_shot", "uniform", "softmax", "top1", "affine", "oracle"]
+    for name, r in m["methods"].items():
+        for mode in ("open", "mc"):
+            assert r[mode]["all"]["acc"] is not None and 0 <= r[mode]["all"]["acc"] <= 1
+            assert r[mode]["near"]["n"] + r[mode]["far"]["n"] == r[mode]["all"]["n"]
+    assert m["methods"]["none"]["open"]["all"]["n"] == 16
+    assert m["combiner"]["n_items"] == 12 and m["combiner"]["source"].startswith("train pairs of 3")
+    saved = json.loads((run / "metrics.json").read_text())
+    assert saved["methods"]["affine"] == m["methods"]["affine"]
+    preds = [json.loads(line) for line in (run / "predictions.jsonl").read_text().splitlines()]
+    assert len(preds) == 16 and {"none", "affine", "one_shot"} <= set(preds[0])
+    assert (run / "figures" / "analogy_accuracy.png").stat().st_size > 1000
+    assert (run / "combiner.safetensors").is_file() and (run / "checkpoints" / "combiner-best.ckpt").is_file()
+    from fvtrain.artifacts import load_tensors
+
+    t = load_tensors(run / "scores.safetensors")
+    assert t["scores"].shape == (16, 3) and t["weights.top1"].sum(1).eq(1).all()
+
+
+def test_compose_job_bad_input_fails_before_the_model_loads(tmp_path, monkeypatch):
+    import fvtrain.cli as cli
+
+    monkeypatch.setattr(cli, "load_model", lambda cfg: pytest.fail("model loaded"))
+    with pytest.raises(BankError, match="no basis bank given"):
+        run_compose(tmp_path)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(BankError, match="is empty"):
+        run_compose(tmp_path, f"basis.path={tmp_path / 'empty'}")
+    save_vector(tmp_path / "mixed", "antonym", torch.ones(48), manifest("antonym", 1))
+    save_vector(tmp_path / "mixed", "plural", torch.ones(48), manifest("plural", 2))
+    with pytest.raises(BankError, match="mixes layers"):
+        run_compose(tmp_path, f"basis.path={tmp_path / 'mixed'}")
+    save_vector(tmp_path / "ok", "antonym", torch.ones(48), manifest("antonym", 1))
+    with pytest.raises(cli.ConfigError, match="holds no analogy items"):
+        run_compose(tmp_path, f"basis.path={tmp_path / 'ok'}",
+                    f"analogies.path={Path(__file__).parent / 'fixtures' / 'data' / 'pairs' / 'antonym.tsv'}")
+    with pytest.raises(cli.ConfigError, match="compose.also may list"):
+        run_compose(tmp_path, f"basis.path={tmp_path / 'ok'}", "compose.also=[affine]")
