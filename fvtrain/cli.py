@@ -75,14 +75,30 @@ def run(config_name: str, task: Callable[[DictConfig], Any]) -> None:
     hydra.main(version_base="1.3", config_path=str(conf), config_name=config_name)(task)()
 
 
-def compose(config_name: str, overrides: Sequence[str] = ()) -> DictConfig:
-    """Compose ``conf/<config_name>.yaml`` with overrides, outside a Hydra app (tests, notebooks)."""
+def compose(config_name: str, overrides: Sequence[str] = (), output_dir: str | Path | None = None
+            ) -> DictConfig:
+    """Compose ``conf/<config_name>.yaml`` with overrides, outside a Hydra app (tests, notebooks).
+
+    ``${hydra:runtime.output_dir}`` resolves to ``output_dir`` (default: a new temporary folder).
+    """
+    import tempfile
+
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
 
     conf = config_dir()
     with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-        return hydra_compose(config_name, overrides=rewrite_model_override(list(overrides), conf))
+        cfg = hydra_compose(config_name, overrides=rewrite_model_override(list(overrides), conf),
+                            return_hydra_config=True)
+    out = Path(output_dir) if output_dir is not None else Path(tempfile.mkdtemp(prefix="fvtrain-"))
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(out)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
 
 
 def output_dir() -> Path:

@@ -101,7 +101,7 @@ echo "Submitted batch job 4242"
     sacct = bin_dir / "sacct"
     sacct.write_text("""#!/usr/bin/env bash
 echo "JobID|State|NodeList"
-for i in 0 1 2 3 4 5 6 7; do echo "4242_$i|FAILED|node1"; done
+for i in 0 1 2; do echo "4242_$i|FAILED|node1"; done
 """)
     srun = bin_dir / "srun"  # submitit only checks that it exists
     srun.write_text("#!/usr/bin/env bash\nexec \"$@\"\n")
@@ -115,12 +115,12 @@ def test_slurm_ddp_submission_script(tmp_path, monkeypatch):
     out.mkdir()
     env = _fake_slurm(tmp_path / "bin", out)
     monkeypatch.setenv("PATH", env["PATH"])
-    proc = run_cli("fvtrain.extract", "-m", "launcher=slurm_ddp", "debug=fast", "extract.layer=1,2",
+    proc = run_cli("fvtrain.extract", "-m", "launcher=slurm_ddp", "debug=fast", "extract.layer=1,2,3",
                    "+trainer.devices=4", "hydra.launcher.partition=testpart",
-                   "hydra.launcher.array_parallelism=7", "hydra.launcher.srun_args=['--cpu-bind=none']",
+                   "hydra.launcher.array_parallelism=2", "hydra.launcher.srun_args=['--cpu-bind=none']",
                    f"paths.output_root={tmp_path / 'runs'}", check=False, timeout=300)
     script = (out / "submission.sh").read_text()
-    assert "#SBATCH --array=0-1%7" in script  # two jobs, at most 7 at once
+    assert "#SBATCH --array=0-2%2" in script  # three jobs, at most two at once
     assert "#SBATCH --partition=testpart" in script
     assert "#SBATCH --gpus-per-node=4" in script
     assert "#SBATCH --ntasks-per-node=4" in script
