@@ -80,6 +80,19 @@ def _check_config(cfg: DictConfig) -> tuple[list[str], list[str]]:
     return also, baselines
 
 
+def _scheme_kwargs(c_cfg: DictConfig, n_basis: int) -> dict:
+    """``n_basis``, plus the optimiser / scheduler of a trained scheme (``composition.optim``)."""
+    from hydra.utils import instantiate
+
+    kw: dict = {"n_basis": n_basis}
+    o = c_cfg.get("optim")
+    if o is not None:
+        kw["optimizer"] = instantiate(o.optimizer)
+        kw["scheduler"] = instantiate(o.scheduler) if o.get("scheduler") is not None else None
+        kw["interval"] = str(o.get("interval", "epoch"))
+    return kw
+
+
 def _trainer_factory(train_cfg: DictConfig, lm):
     from hydra.utils import instantiate
 
@@ -154,6 +167,11 @@ def compose(cfg: DictConfig) -> dict:
                      [it for it in items if it.meta["split"] != "train"]
     else:
         eval_items = items
+    main_name = str(cfg.composition.name)
+    main = instantiate(cfg.composition.scheme, **_scheme_kwargs(cfg.composition, len(bank)))
+    train_items = train_source = None
+    if getattr(main, "trainable", False):
+        train_items, train_source = training_analogies(cfg, bank, items, template, seed)
     cli.save_resolved_config(cfg, out)
     cli.seed_everything(seed)
     lm = cli.load_model(cfg)
@@ -173,11 +191,10 @@ def compose(cfg: DictConfig) -> dict:
                              max_rows, progress=lambda n: bar.advance(task, n))
 
         # 2. Weight schemes (the affine one is trained first).
-        main_name = str(cfg.composition.name)
-        main = instantiate(cfg.composition.scheme, n_basis=N)
         combiner_info = None
-        if getattr(main, "trainable", False):
-            combiner_info = _train_affine(cfg, main, lm, bank, items, template, seed, out, bar)
+        if train_items is not None:
+            combiner_info = _train_affine(cfg, main, lm, bank, train_items, train_source, template,
+                                          seed, out, bar)
         schemes = {main_name: main}
         tau = float(cfg.composition.scheme.get("temperature", 1.0) or 1.0)
         for name in also:
@@ -295,14 +312,13 @@ def _figure(methods: dict, path: Path, main_name: str, bank) -> None:
                      f"Analogies with composite vectors ({main_name}; {len(bank)} basis vectors)")
 
 
-def _train_affine(cfg, combiner, lm, bank, items, template, seed, out, bar) -> dict:
+def _train_affine(cfg, combiner, lm, bank, train_items, source, template, seed, out, bar) -> dict:
     from fvtrain.artifacts import save_tensors
     from fvtrain.composition import score_pairs
     from fvtrain.composition.training import CombinerDataModule, fit_combiner
     from fvtrain.evaluation.analogy import check_encodable
 
     t_cfg = cfg.composition.train
-    train_items, source = training_analogies(cfg, bank, items, template, seed)
     train_items, skipped = check_encodable(lm.tokenizer, train_items, template, cfg.analogies.on_bad)
     if not train_items:
         raise cli.ConfigError("no training analogy left for the affine combiner")

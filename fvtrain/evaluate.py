@@ -27,8 +27,9 @@ from fvtrain import cli
 log = logging.getLogger("fvtrain.evaluate")
 
 KINDS = ("fv", "ffv")
-# Where each kind's vectors are looked for inside a run folder, in order.
-SUBDIRS = {"fv": ("vectors", "bank"), "ffv": ("bank", "vectors")}
+# Where each kind's vectors are looked for inside a run folder, in order (a training run keeps the
+# FVs it extracted itself under extraction/vectors, and names FVs it reused in metrics.json fv_source).
+SUBDIRS = {"fv": ("vectors", "extraction/vectors"), "ffv": ("bank",)}
 
 
 @dataclass
@@ -71,6 +72,12 @@ def resolve_vector_folder(path: str | Path, kind: str) -> tuple[Path, Path | Non
     for sub in SUBDIRS[kind]:
         if (p / sub).is_dir() and list_vectors(p / sub):
             return p / sub, p
+    if kind == "fv" and (p / "metrics.json").is_file() and (p / "bank").is_dir():
+        from fvtrain.artifacts import read_json
+
+        src = read_json(p / "metrics.json").get("fv_source")
+        if src and Path(src).is_dir() and list_vectors(Path(src)):
+            return Path(src), Path(src).parent
     if list_vectors(p):
         run = p.parent if p.name in ("vectors", "bank") else None
         return p, run
@@ -99,6 +106,10 @@ def load_vector_set(path: str | Path, kind: str, relations: list[str] | None = N
             raise cli.ConfigError(f"vectors.relations names {', '.join(map(repr, missing))}, but "
                                   f"{folder} has no vector for it (it holds {', '.join(vectors)})")
         vectors = {r: vectors[r] for r in relations}
+    other = sorted({str(m.get("kind")) for m in mans.values() if m.get("kind") not in (None, kind)})
+    if other:
+        log.warning("vectors.%s=%s holds vectors of kind %s; they are reported as %s", kind, path,
+                    ", ".join(other), kind.upper())
     sizes = {int(v.numel()) for v in vectors.values()}
     if len(sizes) > 1:
         raise cli.ConfigError(f"{folder} mixes vector sizes {sorted(sizes)}: vectors of several models")
@@ -165,21 +176,58 @@ def relation_sources(sets: dict[str, VectorSet], ds) -> dict[str, dict]:
     return out
 
 
-def _rho(c: dict | None, kind: str, stat: str = "spearman") -> str:
-    if not c or kind not in c or c[kind].get(stat) is None:
+def _fmt(v: float | None, compact: bool) -> str:
+    if v is None:
         return "-"
-    ci = c[kind].get(f"{stat}_ci")
-    return f"{c[kind][stat]:+.3f}" + (f" [{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci else "")
+    return (f"{v:+.2f}".replace("0.", ".") if compact else f"{v:+.3f}")
 
 
-def summary_rows(alignment: dict, kinds: list[str]) -> list[list]:
-    """Rows ``analysis | n | Spearman per kind | Pearson per kind`` of the closing table."""
+def _rho(c: dict | None, kind: str, stat: str = "spearman", compact: bool = False, ci: bool = True) -> str:
+    if not c or kind not in c or not c[kind] or c[kind].get(stat) is None:
+        return "-"
+    lo_hi = c[kind].get(f"{stat}_ci") if ci else None
+    text = _fmt(c[kind][stat], compact)
+    if lo_hi:
+        sep = "," if compact else ", "
+        text += f" [{_fmt(lo_hi[0], compact)}{sep}{_fmt(lo_hi[1], compact)}]"
+    return text
+
+
+def _delta(c: dict | None, stat: str = "spearman") -> str:
+    d = (c or {}).get("difference")
+    if not d or d.get(stat) is None:
+        return "-"
+    lo_hi = d.get(f"{stat}_ci")
+    star = "*" if lo_hi and (lo_hi[0] > 0 or lo_hi[1] < 0) else ""
+    return f"{d[stat]:+.3f}{star}"
+
+
+def summary_columns(kinds: list[str], compact: bool = False) -> list[str]:
+    if compact:
+        cols = ["analysis", "n"] + [f"rho {k.upper()} [95% CI]" for k in kinds]
+        return cols + (["d rho"] if len(kinds) > 1 else [])
+    cols = ["analysis", "n"] + [f"{s} {k.upper()}" for s in ("Spearman", "Pearson") for k in kinds]
+    return cols + (["FFV - FV (Spearman)"] if len(kinds) > 1 else [])
+
+
+def summary_rows(alignment: dict, kinds: list[str], compact: bool = False) -> list[list]:
+    """Rows of the alignment summary: one per analysis and comparison type.
+
+    ``compact`` (the console table): Spearman with its interval per kind and the FFV - FV
+    difference (``*``: its paired-bootstrap interval excludes 0). Otherwise Spearman and Pearson
+    with intervals, then the difference.
+    """
     rows = []
+    stats = ("spearman",) if compact else ("spearman", "pearson")
 
-    def add(label, corr, n, names=kinds):
-        if corr:
-            rows.append([label, n] + [_rho(corr, k, s) if k in names else "" for s in ("spearman", "pearson")
-                                      for k in kinds])
+    def add(label, corr, n, names=None):
+        if not corr:
+            return
+        names = names or kinds
+        row = [label, n] + [_rho(corr, k, s, compact) if k in names else "" for s in stats for k in kinds]
+        if len(kinds) > 1:
+            row.append(_delta(corr))
+        rows.append(row)
 
     rel = alignment.get("relation") or {}
     add("relation level", rel.get("all"), rel.get("n"))
@@ -194,11 +242,11 @@ def summary_rows(alignment: dict, kinds: list[str]) -> list[list]:
     proto = alignment.get("prototypicality") or {}
     m = proto.get("mean") or {}
     if m:
-        add(f"prototypicality (mean of {proto['n_subtypes']} subtypes)", m, proto["n_pairs"])
+        add(f"prototypicality (mean of {proto['n_subtypes']})", m, proto["n_pairs"])
         if "none" in m:
-            rows.append(["  no vector (baseline)", proto["n_pairs"]]
-                        + [_rho(m, "none", s) if i == 0 else "" for s in ("spearman", "pearson")
-                           for i, _ in enumerate(kinds)])
+            rows.append(["  no vector", proto["n_pairs"]]
+                        + [_rho(m, "none", s, compact) if i == 0 else "" for s in stats
+                           for i, _ in enumerate(kinds)] + ([""] if len(kinds) > 1 else []))
     return rows
 
 
@@ -269,7 +317,9 @@ def evaluate(cfg: DictConfig, out: Path | None = None) -> dict:
                                                                  bar, seed)
             # Prototypicality per subtype.
             if ds.prototypicality and a_cfg.prototypicality:
-                task = bar.add_task("prototypicality", total=len({r.relation for r in ds.prototypicality}))
+                rated = {r.relation for r in ds.prototypicality}
+                task = bar.add_task("prototypicality", total=len(rated & set.intersection(
+                    *(set(s.names) for s in sets.values()))))
                 alignment["prototypicality"], points["prototypicality"] = al.prototypicality_alignment(
                     lm, ds.prototypicality, vecs, {k: s.layers for k, s in sets.items()}, template,
                     bool(a_cfg.baseline), n_boot, ci, seed, int(a_cfg.batch_size), int(a_cfg.min_pairs),
@@ -290,11 +340,10 @@ def evaluate(cfg: DictConfig, out: Path | None = None) -> dict:
 
     # Closing summary.
     if alignment:
-        rows = summary_rows(alignment, kinds)
+        rows = summary_rows(alignment, kinds, compact=True)
         if rows:
-            cli.print_table("Alignment with human judgments (correlation [95% CI])",
-                            ["analysis", "n"] + [f"{s} {k.upper()}" for s in ("Spearman", "Pearson")
-                                                 for k in kinds], rows)
+            cli.print_table("Alignment with human judgments (Spearman; Pearson in metrics.json)",
+                            summary_columns(kinds, compact=True), rows)
         for what in ("relation", "pair", "prototypicality"):
             res = alignment.get(what) or {}
             subs = [res] if what != "pair" else [v for v in res.values() if isinstance(v, dict)]
@@ -303,14 +352,16 @@ def evaluate(cfg: DictConfig, out: Path | None = None) -> dict:
                     print(f"{what}: skipped {r['n_skipped']} item(s): "
                           + "; ".join(f"{why} x{v['n']} (e.g. {v['example']})" for why, v in r["skipped"].items()))
     if decoding is not None:
-        cli.print_table(f"Logit lens: top tokens and best rank of a relation word (of {decoding['summary'][kinds[0]].get('chance_median_rank', 0) * 2:.0f} tokens)",
+        vocab = next((e[k]["vocab_size"] for e in decoding["relations"].values() for k in kinds if k in e), 0)
+        cli.print_table(f"Logit lens: top tokens, best rank of a relation word (of {vocab} tokens)",
                         ["relation"] + [c for k in kinds for c in (f"{k.upper()} top-5", f"{k.upper()} best rank")],
                         dec.table_rows(decoding, kinds))
         s = decoding["summary"]
-        cli.print_table("Relation-word ranks (relations with words)",
-                        ["kind", "n", "median rank", "MRR", "top-10", "top-100"],
-                        [[k.upper(), s[k]["n"], s[k]["median_rank"], s[k]["mrr"], s[k]["top10"], s[k]["top100"]]
-                         for k in kinds])
+        if any(s[k]["n"] for k in kinds):
+            cli.print_table("Relation-word ranks (relations with words)",
+                            ["kind", "n", "median rank", "MRR", "top-10", "top-100"],
+                            [[k.upper(), s[k]["n"], s[k]["median_rank"], s[k]["mrr"], s[k]["top10"],
+                              s[k]["top100"]] for k in kinds])
     for p in written:
         log.info("figure: %s", p)
     print(f"run folder: {out}")

@@ -73,8 +73,8 @@ def check_config(cfg: DictConfig) -> None:
             raise cli.ConfigError(f"ffv.{key}={modes}: use one or more of {', '.join(allowed)}")
     if float(f.loss["lambda"]) < 0:
         raise cli.ConfigError(f"ffv.loss.lambda must be >= 0, got {f.loss['lambda']}")
-    if int(f.batch_size) < 1 or int(f.eval_batch_size) < 1:
-        raise cli.ConfigError("ffv.batch_size and ffv.eval_batch_size must be positive")
+    if int(f.batch_per_relation) < 1 or int(f.eval_batch_size) < 1:
+        raise cli.ConfigError("ffv.batch_per_relation and ffv.eval_batch_size must be positive")
 
 
 def model_d_model(cfg: DictConfig) -> int:
@@ -279,6 +279,8 @@ def _train(cfg: DictConfig) -> dict:
     if fv is None and need_fv:
         fv, fv_manifests, fv_folder = extract_fvs(cfg, lm, splits, template, seed, layer, out)
     frozen = sum(p.numel() for p in lm.model.parameters())
+    lr_scale = residual_scale(lm, splits, template, layer) if f.lr_scale == "rms" else float(f.lr_scale)
+    log.info("layer %d, learning-rate scale %.4g (%s)", layer, lr_scale, f.lr_scale)
 
     # ICL baseline: reuse the extraction's numbers when they were measured on the same prompts.
     icl_reused = reusable_icl(fv_manifests, hashes, template, seed, int(f.n_shots)) \
@@ -286,14 +288,14 @@ def _train(cfg: DictConfig) -> dict:
     icl_compute = [r for r in relations if f.icl and r not in icl_reused]
 
     dm = FFVDataModule(splits, template, train_modes, val_modes, test_modes, icl_compute,
-                       int(f.n_shots), int(f.n_shuffled), int(f.batch_size), int(f.eval_batch_size), seed)
+                       int(f.n_shots), int(f.n_shuffled), int(f.batch_per_relation), int(f.eval_batch_size), seed)
     optimizer = instantiate(cfg.optim.optimizer)
     scheduler = instantiate(cfg.optim.scheduler) if cfg.optim.get("scheduler") else None
     factory = LMFactory(OmegaConf.to_container(cfg.model, resolve=True))
     hp_common = {
         "model_id": lm.model_id, "model_revision": lm.source.revision, "params_frozen": frozen,
         "train_modes": train_modes, "n_shots": int(f.n_shots), "n_shuffled": int(f.n_shuffled),
-        "batch_size": int(f.batch_size), "seed": seed, "select": f.select,
+        "batch_per_relation": int(f.batch_per_relation), "seed": seed, "select": f.select,
         "fv_source": str(fv_folder) if fv_folder else None,
         "optimizer": OmegaConf.to_container(cfg.optim, resolve=True),
         "max_epochs": cfg.trainer.get("max_epochs"), "fvtrain_version": __version__,
@@ -303,7 +305,7 @@ def _train(cfg: DictConfig) -> dict:
         init = initial_vectors(init_kind, relations, d_model, seed, fv)
         m = FFVModule(relations, layer, init, fv if f.compare_fv or init_kind == "fv" else None,
                       lm_factory=factory, optimizer=optimizer, scheduler=scheduler,
-                      scheduler_interval=cfg.optim.get("interval", "epoch"),
+                      scheduler_interval=cfg.optim.get("interval", "epoch"), lr_scale=lr_scale,
                       loss_target=f.loss.target, lam=float(f.loss["lambda"]), impl=f.impl,
                       template=template, val_modes=val_modes, test_modes=test_modes,
                       log_prefix=prefix, log_per_relation=bool(f.log_per_relation),
@@ -344,7 +346,7 @@ def _train(cfg: DictConfig) -> dict:
     t0 = time.time()
     ttrainer = build_trainer(cfg, loggers, [c for c in instantiate_callbacks(cfg, has_logger=bool(loggers))
                                             if "Checkpoint" not in type(c).__name__])
-    ttrainer.test(module, datamodule=dm)
+    ttrainer.test(module, datamodule=dm, verbose=False)
     times["test_s"] = time.time() - t0
     logged = {k: float(v) for k, v in ttrainer.callback_metrics.items()}
     if ttrainer.global_rank != 0:
@@ -360,7 +362,7 @@ def _train(cfg: DictConfig) -> dict:
         "keys": METRIC_KEYS_DOC, "layer": layer, "init": f.init, "select": f.select,
         "loss_target": f.loss.target, "lambda": float(f.loss["lambda"]), "impl": f.impl,
         "epochs": int(trainer.current_epoch), "fv_source": str(fv_folder) if fv_folder else None,
-        "model": lm.describe(), "params": {"trainable": len(relations) * d_model, "frozen": frozen},
+        "lr_scale": lr_scale, "model": lm.describe(), "params": {"trainable": len(relations) * d_model, "frozen": frozen},
         "times": times,
     })
     from fvtrain.artifacts import write_json
@@ -377,6 +379,22 @@ def _train(cfg: DictConfig) -> dict:
     print_summary(metrics, layer)
     print(f"run folder: {out}")
     return metrics
+
+
+def residual_scale(lm, splits, template, layer: int, n: int = 64) -> float:
+    """RMS per coordinate of the residual stream where vectors are added (block ``layer``'s output
+    at the last token of zero-shot train prompts): the unit of ``ffv.lr_scale=rms``."""
+    from fvtrain.prompts import make_batch, zero_shot
+
+    pairs = [p for s in splits.values() for p in s.train]
+    pairs = pairs[:: max(1, len(pairs) // n)][:n]
+    norms = []
+    for i in range(0, len(pairs), 32):
+        chunk = pairs[i: i + 32]
+        b = make_batch(lm.tokenizer, [zero_shot(template, p.x) for p in chunk], [p.answers for p in chunk],
+                       template)
+        norms.append(lm.residual_norm(b.prompt_ids, b.prompt_mask, layer))
+    return float(torch.cat(norms).mean()) / lm.d_model ** 0.5
 
 
 def select(module, trainer, how: str) -> torch.Tensor:

@@ -232,21 +232,32 @@ ITEMS = [
     AnalogyItem("France", "Paris", "Italy", ("Rome",), None, None, "far", "country_capital"),
     AnalogyItem("dog", "dogs", "cat", ("cats",), (("cat", "kitten"), ("cat", "cats")), 1, "far", "plural"),
 ]
+# SAT-style: every candidate has its own C (no shared prompt).
+SAT = AnalogyItem("hot", "cold", "big", ("small",), (("tall", "short"), ("big", "small"), ("fast", "quick")),
+                  1, None, "antonym")
 
 
-def test_evaluate_items_matches_direct_scoring(tiny_llama):
+@pytest.mark.parametrize("prompt", ["zero_shot", "one_shot"])
+def test_evaluate_items_matches_direct_scoring(tiny_llama, prompt):
     lm = tiny_llama
-    vecs = bank_tensor(lm, len(ITEMS))
+    items = ITEMS + [SAT, ITEMS[0]]
+    vecs = bank_tensor(lm, len(items))
+
+    def p(it, c):
+        return zero_shot(T, c) if prompt == "zero_shot" else icl(T, [(it.a, it.b)], c)
+
     for vectors, layer in [(None, None), (vecs, 1)]:
-        res = evaluate_items(lm, ITEMS, T, vectors, layer, batch_size=2)
-        for i, it in enumerate(ITEMS):
+        res = evaluate_items(lm, items, T, vectors, layer, prompt=prompt, batch_size=2)
+        for i, it in enumerate(items):
             v = None if vectors is None else vectors[i]
-            b = make_batch(lm.tokenizer, [zero_shot(T, it.c)], [list(it.d)], T)
-            assert bool(res.open_correct[i]) == bool(lm.score(b, v, layer).correct[0])
+            b = make_batch(lm.tokenizer, [p(it, it.c)], [list(it.d)], T)
+            sc = lm.score(b, v, layer)
+            assert bool(res.open_correct[i]) == bool(sc.correct[0])
+            assert res.open_pred[i] == lm.tokenizer.decode([int(sc.argmax[0])])
             if it.choices is None:
                 assert torch.isnan(res.mc_correct[i]) and res.mc_pred[i] == -1
                 continue
-            cb = make_batch(lm.tokenizer, [zero_shot(T, c) for c, _ in it.choices], [d for _, d in it.choices], T)
+            cb = make_batch(lm.tokenizer, [p(it, c) for c, _ in it.choices], [d for _, d in it.choices], T)
             k = int(lm.score(cb, v, layer).target_logprob.argmax())
             assert int(res.mc_pred[i]) == k and float(res.mc_correct[i]) == float(k == it.answer_index)
 
@@ -323,7 +334,7 @@ def test_combiner_training_lowers_the_loss_and_leaves_the_lm_alone(tmp_path, tin
                                                       ("good", "bad"), ("fast", "slow")]]}
     items = analogies_from_pairs(pairs, 12, seed=0)
     scores = score_pairs(lm, [(it.a, it.b) for it in items], basis, 1, T)
-    c = AffineCombiner(3, optim=partial(torch.optim.Adam, lr=0.05), lm=lm, basis=basis, layer=1)
+    c = AffineCombiner(3, optimizer=partial(torch.optim.Adam, lr=0.05), lm=lm, basis=basis, layer=1)
     data = CombinerDataModule(items, scores, lm.tokenizer, T, batch_size=4, val_fraction=0.25, seed=0)
 
     def loss():
@@ -388,12 +399,17 @@ def test_composition_group_instantiates(name):
 
     cfg = _cfg(f"composition={name}")
     assert cfg.composition.name == name
-    scheme = instantiate(cfg.composition.scheme, n_basis=5)
+    from fvtrain.compose import _scheme_kwargs
+
+    scheme = instantiate(cfg.composition.scheme, **_scheme_kwargs(cfg.composition, 5))
     assert scheme.name == name
     w = scheme.weights(torch.randn(2, 5))
     assert w.shape == (2, 5)
     if name == "affine":
-        assert callable(scheme.optim_factory) and cfg.composition.train.trainer._partial_
+        assert cfg.composition.train.trainer._partial_
+        opt = scheme.configure_optimizers()
+        assert isinstance(opt, torch.optim.Adam) and opt.param_groups[0]["lr"] == 0.01
+        assert {id(p) for p in opt.param_groups[0]["params"]} == {id(scheme.W), id(scheme.b)}
 
 
 # -- the job, in process --------------------------------------------------------------------------
@@ -464,3 +480,24 @@ def test_compose_job_bad_input_fails_before_the_model_loads(tmp_path, monkeypatc
                     f"analogies.path={Path(__file__).parent / 'fixtures' / 'data' / 'pairs' / 'antonym.tsv'}")
     with pytest.raises(cli.ConfigError, match="compose.also may list"):
         run_compose(tmp_path, f"basis.path={tmp_path / 'ok'}", "compose.also=[affine]")
+
+
+def test_training_analogies_sources(tmp_path, tiny_llama):
+    from fvtrain.compose import training_analogies
+
+    make_bank(tmp_path / "run" / "vectors", tiny_llama)
+    bank = load_bank(tmp_path / "run")
+    cfg = _cfg("composition=affine", "composition.train.analogies_per_relation=5")
+    items, source = training_analogies(cfg, bank, ITEMS, T, 0)
+    assert source == "train pairs of 3 basis relation(s)" and len(items) == 15
+    assert {it.relation for it in items} == set(RELS) and all(it.a != it.c for it in items)
+    ds = load_data("builtin", relations=RELS)
+    train_x = {r: {p.x for p in split_relation(ds.relations[r], 20, None, 0).train} for r in RELS}
+    assert all(it.a in train_x[it.relation] and it.c in train_x[it.relation] for it in items)
+    f = tmp_path / "train.jsonl"
+    f.write_text('{"a": "hot", "b": "cold", "c": "up", "d": "down"}\n{"a": "cat", "b": "cats", "c": "dog", "d": "dogs"}\n')
+    cfg = _cfg("composition=affine", f"analogies.train_path={f}")
+    items, source = training_analogies(cfg, bank, ITEMS, T, 0)
+    assert source == f"file {f}" and [it.c for it in items] == ["up", "dog"]
+    marked = [AnalogyItem("a", "b", "c", ("d",), meta={"split": "train"}), ITEMS[0]]
+    assert training_analogies(_cfg(), bank, marked, T, 0)[0] == marked[:1]

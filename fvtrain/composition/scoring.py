@@ -92,17 +92,21 @@ def score_pairs(
 ) -> torch.Tensor:
     """``[len(pairs), N]`` scores ``log P(b | zero-shot prompt of a, vector_i)`` for (a, b) pairs."""
     template = template or PromptTemplate()
-    out = []
-    for s in range(0, len(pairs), batch_size):
-        chunk = pairs[s : s + batch_size]
-        b = make_batch(lm.tokenizer, [zero_shot(template, a) for a, _ in chunk],
-                       [bb for _, bb in chunk], template)
-        out.append(source_scores(lm, b, bank, layer, max_rows=max_rows))
+    if not pairs:
+        return torch.empty(0, len(bank))
+    # Pairs with targets of equal token length share a forward: no padded target columns.
+    tok = lm.tokenizer
+    lengths = [len(tok(template.target(b), add_special_tokens=False)["input_ids"]) for _, b in pairs]
+    order = sorted(range(len(pairs)), key=lambda i: (lengths[i], i))
+    out = torch.empty(len(pairs), len(bank))
+    for s in range(0, len(order), batch_size):
+        idx = order[s : s + batch_size]
+        chunk = [pairs[i] for i in idx]
+        b = make_batch(tok, [zero_shot(template, a) for a, _ in chunk], [bb for _, bb in chunk], template)
+        out[idx] = source_scores(lm, b, bank, layer, max_rows=max_rows)
         if progress is not None:
             progress(len(chunk))
-    if not out:
-        return torch.empty(0, len(bank))
-    return torch.cat(out)
+    return out
 
 
 def target_logprob(

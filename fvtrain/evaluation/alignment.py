@@ -451,4 +451,15 @@ def summarise_subtypes(per: Mapping[str, dict], names: Sequence[str], n_boot: in
                 res[f"{stat}_ci"] = None
         res["n"] = sum(1 for v in per.values() if v.get(k) and v[k]["spearman"] is not None)
         out[k] = res
+    if {"fv", "ffv"} <= set(names):
+        # Mean over subtypes of the per-subtype FFV - FV difference, with a bootstrap over subtypes.
+        diff: dict = {"kinds": ["fv", "ffv"]}
+        for stat in STATS:
+            d = torch.tensor([v["ffv"][stat] - v["fv"][stat] for v in per.values()
+                              if v.get("fv") and v.get("ffv") and v["fv"][stat] is not None
+                              and v["ffv"][stat] is not None], dtype=torch.float64)
+            diff[stat] = float(d.mean()) if d.numel() else None
+            diff[f"{stat}_ci"] = (_ci(d[bootstrap_indices(len(d), n_boot, seed)].mean(0), ci)
+                                  if d.numel() >= 2 and n_boot > 0 else None)
+        out["difference"] = diff
     return out

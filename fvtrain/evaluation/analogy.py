@@ -13,6 +13,7 @@ and by relation (micro averages, torchmetrics ``MeanMetric``).
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -21,7 +22,7 @@ from torchmetrics.aggregation import MeanMetric
 
 from fvtrain.data.types import AnalogyItem
 from fvtrain.models.wrapper import FrozenLM
-from fvtrain.prompts import PromptTemplate, icl, make_batch, zero_shot
+from fvtrain.prompts import PromptTemplate, encode_target, icl, make_batch, zero_shot
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +107,61 @@ def _prompt(template: PromptTemplate, prompt: str, item: AnalogyItem, c: str) ->
     raise ValueError(f"prompt must be one of {PROMPTS}, got {prompt!r}")
 
 
+def _shared_prompt(it: AnalogyItem) -> bool:
+    """Multiple choice where every candidate keeps the item's C: one prompt, several targets."""
+    return bool(it.choices) and all(c == it.c for c, _ in it.choices)
+
+
+def _eval_shared(lm: FrozenLM, items: Sequence[AnalogyItem], template: PromptTemplate, prompt: str,
+                 vec: torch.Tensor | None, layer: int | None):
+    """Open-ended and multiple choice of shared-prompt items in one forward.
+
+    The prompt's prefix runs once per item; its last token and each candidate's target tokens run
+    as one row per candidate (item-major, padded to the most candidates by repeating the last).
+    The logits at the last prompt token are the open-ended prediction (the same for every row of
+    an item: same prompt, same vector).
+    """
+    K = max(len(it.choices) for it in items)
+    prompts, answers = [], []
+    for it in items:
+        cands = list(it.choices) + [it.choices[-1]] * (K - len(it.choices))
+        p = _prompt(template, prompt, it, it.c)
+        prompts += [p] * K
+        answers += [d for _, d in cands]
+    b = make_batch(lm.tokenizer, prompts, answers, template)
+    P, M = b.prompt_len, b.target_ids.shape[1]
+    first = torch.arange(len(items)) * K
+    with torch.no_grad():
+        cache = lm.prefix_cache(b.input_ids[first, :P], b.attention_mask[first, :P])
+        cache.batch_repeat_interleave(K)  # our own cache object: rows now match the candidates
+        edit = (lm.inject(vec.repeat_interleave(K, 0), layer, positions=0) if vec is not None
+                else _null())
+        with edit:
+            logits = lm.continue_from(cache, b.input_ids[:, P - 1 :], b.attention_mask,
+                                      logits_to_keep=M).logits
+    lp = _logprobs(logits, b.target_ids, b.target_mask).view(len(items), K).cpu()
+    top = logits[first, 0].argmax(-1).cpu()
+    open_ok, mc_ok, mc_pred = [], [], []
+    for r, it in enumerate(items):
+        firsts = {encode_target(lm.tokenizer, template, d)[0] for d in it.d}
+        open_ok.append(int(top[r]) in firsts)
+        k = int(lp[r, : len(it.choices)].argmax())
+        mc_pred.append(k)
+        mc_ok.append(float(k == it.answer_index))
+    return open_ok, top.tolist(), mc_ok, mc_pred
+
+
+def _logprobs(logits, target_ids, target_mask):
+    from fvtrain.composition.scoring import _target_logprobs
+
+    return _target_logprobs(logits, target_ids, target_mask)
+
+
+@contextmanager
+def _null():
+    yield
+
+
 def evaluate_items(
     lm: FrozenLM,
     items: Sequence[AnalogyItem],
@@ -115,41 +171,58 @@ def evaluate_items(
     prompt: str = "zero_shot",
     batch_size: int = 16,
 ) -> ItemResults:
-    """Open-ended and multiple-choice outcomes of every item; ``vectors[i]`` is injected on item i."""
+    """Open-ended and multiple-choice outcomes of every item; ``vectors[i]`` is injected on item i.
+
+    Multiple-choice items whose candidates all keep C (the built-in layout) take one forward for
+    both measures with a shared prefix; others (e.g. SAT, where each candidate has its own C) and
+    open-ended items use plain batches.
+    """
     template = template or PromptTemplate()
+    if prompt not in PROMPTS:
+        raise ValueError(f"prompt must be one of {PROMPTS}, got {prompt!r}")
     if vectors is not None and len(vectors) != len(items):
         raise ValueError(f"{len(vectors)} vectors for {len(items)} analogy items")
-    open_ok, mc_ok, mc_pred, open_pred = [], [], [], []
-    for s in range(0, len(items), batch_size):
-        chunk = list(items[s : s + batch_size])
-        vec = None if vectors is None else vectors[s : s + batch_size]
+    I = len(items)
+    open_ok = torch.zeros(I, dtype=torch.bool)
+    mc_ok = torch.full((I,), float("nan"))
+    mc_pred = torch.full((I,), -1, dtype=torch.long)
+    open_tok = [0] * I
+    shared = [i for i, it in enumerate(items) if _shared_prompt(it)]
+    other = [i for i, it in enumerate(items) if not _shared_prompt(it)]
+    for s in range(0, len(shared), batch_size):
+        idx = shared[s : s + batch_size]
+        vec = None if vectors is None else vectors[idx]
+        o, t, m, p = _eval_shared(lm, [items[i] for i in idx], template, prompt, vec, layer)
+        for j, i in enumerate(idx):
+            open_ok[i], open_tok[i], mc_ok[i], mc_pred[i] = o[j], t[j], m[j], p[j]
+    for s in range(0, len(other), batch_size):
+        idx = other[s : s + batch_size]
+        chunk = [items[i] for i in idx]
+        vec = None if vectors is None else vectors[idx]
         tgt = make_batch(lm.tokenizer, [_prompt(template, prompt, it, it.c) for it in chunk],
                          [list(it.d) for it in chunk], template)
         sc = lm.score(tgt, vector=vec, layer=layer)
-        open_ok.append(sc.correct.cpu())
-        open_pred += [lm.tokenizer.decode([int(t)]) for t in sc.argmax.tolist()]
+        for j, i in enumerate(idx):
+            open_ok[i], open_tok[i] = bool(sc.correct[j]), int(sc.argmax[j])
         prompts, answers, owner = [], [], []
         for row, it in enumerate(chunk):
             for c, d in it.choices or ():
                 prompts.append(_prompt(template, prompt, it, c))
                 answers.append(d)
                 owner.append(row)
-        ok = torch.full((len(chunk),), float("nan"))
-        pred = torch.full((len(chunk),), -1, dtype=torch.long)
-        if prompts:
-            owner_t = torch.tensor(owner)
-            cand = make_batch(lm.tokenizer, prompts, answers, template)
-            cvec = None if vec is None else vec[owner_t.to(vec.device)]
-            lp = lm.score(cand, vector=cvec, layer=layer).target_logprob.float().cpu()
-            for row, it in enumerate(chunk):
-                if not it.choices:
-                    continue
+        if not prompts:
+            continue
+        owner_t = torch.tensor(owner)
+        cand = make_batch(lm.tokenizer, prompts, answers, template)
+        cvec = None if vec is None else vec[owner_t.to(vec.device)]
+        lp = lm.score(cand, vector=cvec, layer=layer).target_logprob.float().cpu()
+        for row, it in enumerate(chunk):
+            if it.choices:
                 k = int(lp[owner_t == row].argmax())
-                pred[row] = k
-                ok[row] = float(k == it.answer_index)
-        mc_ok.append(ok)
-        mc_pred.append(pred)
-    return ItemResults(torch.cat(open_ok), torch.cat(mc_ok), torch.cat(mc_pred), open_pred)
+                mc_pred[idx[row]] = k
+                mc_ok[idx[row]] = float(k == it.answer_index)
+    open_pred = [lm.tokenizer.decode([t]) for t in open_tok]
+    return ItemResults(open_ok, mc_ok, mc_pred, open_pred)
 
 
 def _acc(values: torch.Tensor) -> dict:

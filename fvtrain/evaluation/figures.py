@@ -98,15 +98,19 @@ def alignment_scatter(panels: Sequence[Mapping], path: str | Path, cols: int | N
     cols = cols or min(2, n)
     rows = math.ceil(n / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.9 * rows), squeeze=False)
+    # One colour per group across every panel.
+    every = sorted({str(g) for p in panels for g in (p.get("groups") or [])})
+    cmap = plt.get_cmap("tab10")
+    colour = {g: cmap(i % 10) for i, g in enumerate(every)}
     for ax, p in zip(axes.flat, panels):
-        groups = list(p.get("groups") or [""] * len(p["x"]))
-        labels = list(dict.fromkeys(groups))
+        groups = [str(g) for g in (p.get("groups") or [""] * len(p["x"]))]
+        labels = sorted(set(groups))
         small = len(p["x"]) > 500
         for g in labels:
             xs = [x for x, gg in zip(p["x"], groups) if gg == g]
             ys = [y for y, gg in zip(p["y"], groups) if gg == g]
             ax.scatter(xs, ys, s=4 if small else 14, alpha=0.35 if small else 0.75,
-                       label=g if g and len(labels) <= 8 else None)
+                       color=colour.get(g), label=g if g and len(labels) <= 8 else None)
         ax.set_title(p.get("title", ""), fontsize=9)
         ax.set_xlabel(p.get("xlabel", ""), fontsize=8)
         ax.set_ylabel(p.get("ylabel", ""), fontsize=8)
@@ -165,6 +169,10 @@ def metric_lines(xs: Sequence, series: Mapping[str, Sequence[float]], path: str 
     pos = list(xs) if numeric else list(range(len(xs)))
     for name, ys in series.items():
         ax.plot(pos, [float("nan") if y is None else y for y in ys], marker="o", ms=4, label=name)
+    if numeric and all(isinstance(x, int) for x in xs):
+        from matplotlib.ticker import MaxNLocator
+
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if not numeric:
         ax.set_xticks(pos)
         ax.set_xticklabels([str(x) for x in xs], rotation=30, ha="right", fontsize=8)

@@ -211,6 +211,23 @@ class FrozenLM:
         with self.inject(vector, layer, positions=position):
             yield
 
+    def residual_norm(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, layer: int) -> torch.Tensor:
+        """``[B]`` norms of block ``layer``'s output at the last column (where vectors are added)."""
+        layer = self.check_layer(layer)
+        seen: list[torch.Tensor] = []
+
+        def hook(module, args, output):
+            hidden = output[0] if isinstance(output, tuple) else output
+            seen.append(hidden[:, -1].detach().float().norm(dim=-1))
+
+        handle = self.adapter.block(layer).register_forward_hook(hook)
+        try:
+            with torch.no_grad():
+                self.forward(input_ids, attention_mask)
+        finally:
+            handle.remove()
+        return seen[0].cpu()
+
     # -- hooks -----------------------------------------------------------------------------
     def inject(self, vectors: torch.Tensor, layer: int, positions=None, rows=None,
                first_call_only: bool = False):

@@ -31,7 +31,9 @@ class AffineCombiner(LightningModule):
         n_basis: int,
         temperature: float = 1.0,
         tokens: str = "all",
-        optim: Callable[..., torch.optim.Optimizer] | None = None,
+        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
+        scheduler: Callable[..., Any] | None = None,
+        interval: str = "epoch",
         lm: Any = None,
         basis: torch.Tensor | None = None,
         layer: int | None = None,
@@ -43,12 +45,13 @@ class AffineCombiner(LightningModule):
             raise ValueError(f"temperature must be > 0, got {temperature}")
         if tokens not in ("all", "first"):
             raise ValueError(f"tokens must be 'all' or 'first', got {tokens!r}")
-        self.save_hyperparameters(ignore=["optim", "lm", "basis", "layer"])
+        self.save_hyperparameters(ignore=["optimizer", "scheduler", "lm", "basis", "layer"])
         self.temperature = float(temperature)
         self.tokens = tokens
         self.W = nn.Parameter(torch.eye(n_basis))
         self.b = nn.Parameter(torch.zeros(n_basis))
-        self.optim_factory = optim
+        # The project's optim group: ``optimizer`` and ``scheduler`` are Hydra ``_partial_`` nodes.
+        self.optimizer_factory, self.scheduler_factory, self.interval = optimizer, scheduler, interval
         # Not an nn.Module: never enters the state dict, the optimiser or a checkpoint.
         self.lm = lm
         self.layer = layer
@@ -97,9 +100,12 @@ class AffineCombiner(LightningModule):
         return loss
 
     def configure_optimizers(self):
-        if self.optim_factory is None:
-            return torch.optim.Adam(self.parameters(), lr=0.01)
-        return self.optim_factory(self.parameters())
+        params = [self.W, self.b]
+        opt = self.optimizer_factory(params) if self.optimizer_factory else torch.optim.Adam(params, lr=0.01)
+        if self.scheduler_factory is None:
+            return opt
+        return {"optimizer": opt,
+                "lr_scheduler": {"scheduler": self.scheduler_factory(opt), "interval": self.interval}}
 
     def transfer_batch_to_device(self, batch: dict, device: torch.device, dataloader_idx: int) -> dict:
         return {"scores": batch["scores"].to(device), "target": batch["target"].to(device),

@@ -131,17 +131,31 @@ def eval_examples(
     return out
 
 
-def train_batches(n: int, batch_size: int, world: int, seed: int) -> list[list[int]]:
-    """Split ``n`` items (seeded order) into near-equal batches; their count is a multiple of
-    ``world`` so every process runs the same number of steps."""
-    if n < world:
-        raise ValueError(f"{n} training prompts cannot feed {world} processes")
-    order = list(range(n))
-    random.Random(f"{seed}-ffv-train-batches").shuffle(order)
-    k = math.ceil(math.ceil(n / max(1, int(batch_size))) / world) * world
-    if k > n:
-        k = n // world * world
-    return [order[round(i * n / k): round((i + 1) * n / k)] for i in range(k)]
+def train_batches(examples: Sequence[Example], per_relation: int, world: int, seed: int) -> list[list[int]]:
+    """Fixed training batches holding about ``per_relation`` prompts of *every* relation.
+
+    Each relation's prompts are shuffled (seeded by relation) and cut into the same number of
+    near-equal parts; batch j is the union of every relation's part j. Each row of the vector
+    parameter then sees the same number of steps and examples per step whatever the number of
+    relations trained alongside. The number of batches is a multiple of ``world``, so every
+    process runs the same number of steps.
+    """
+    by_rel: dict[int, list[int]] = {}
+    for i, e in enumerate(examples):
+        by_rel.setdefault(e.relation_index, []).append(i)
+    longest = max((len(v) for v in by_rel.values()), default=0)
+    if longest < world:
+        raise ValueError(f"{longest} training prompts per relation cannot feed {world} processes")
+    k = math.ceil(math.ceil(longest / max(1, int(per_relation))) / world) * world
+    k = min(k, longest // world * world)
+    batches: list[list[int]] = [[] for _ in range(k)]
+    for r, idx in sorted(by_rel.items()):
+        idx = list(idx)
+        random.Random(f"{seed}-ffv-train-batches-{examples[idx[0]].relation}").shuffle(idx)
+        n = len(idx)
+        for j in range(k):
+            batches[j] += idx[round(j * n / k): round((j + 1) * n / k)]
+    return batches
 
 
 def eval_batches(examples: Sequence[Example], batch_size: int, world: int = 1) -> list[list[int]]:
@@ -161,7 +175,12 @@ def eval_batches(examples: Sequence[Example], batch_size: int, world: int = 1) -
 
 
 class ShardSampler(Sampler[int]):
-    """Batch indices of this process: ``rank::world`` of a (per-epoch seeded) order; no padding."""
+    """Batch indices of this process: ``rank::world`` of a (per-epoch seeded) order.
+
+    No batch is repeated. So that every process takes the same number of steps (a DDP step is a
+    collective operation), shorter shards are filled up with ``-1``: an empty batch that is
+    stepped through but evaluates nothing.
+    """
 
     def __init__(self, n: int, rank: int = 0, world: int = 1, shuffle: bool = False, seed: int = 0):
         self.n, self.rank, self.world, self.shuffle, self.seed = n, rank, world, shuffle, seed
@@ -174,13 +193,14 @@ class ShardSampler(Sampler[int]):
         order = list(range(self.n))
         if self.shuffle:
             random.Random(f"{self.seed}-ffv-epoch-{self.epoch}").shuffle(order)
-        return order[self.rank:: self.world]
+        mine = order[self.rank:: self.world]
+        return mine + [-1] * (len(self) - len(mine))
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.order())
 
     def __len__(self) -> int:
-        return len(range(self.rank, self.n, self.world))
+        return math.ceil(self.n / self.world)
 
 
 class BatchList(Dataset):
@@ -191,6 +211,8 @@ class BatchList(Dataset):
         return len(self.batches)
 
     def __getitem__(self, i: int) -> dict:
+        if i < 0:  # filler that keeps DDP processes in step
+            return {"stage": self.stage, "index": i, "mode": None, "examples": []}
         ex = [self.examples[j] for j in self.batches[i]]
         return {"stage": self.stage, "index": i, "mode": ex[0].mode, "examples": ex}
 
@@ -203,7 +225,8 @@ class FFVDataModule(LightningDataModule):
     """Train / validation / test prompts of several relations for one FFV run.
 
     ``relation_index`` of an example is the relation's position in ``splits`` (the row of the
-    vector parameter). ``test_icl`` adds clean ICL test prompts (the 10-shot baseline) for the
+    vector parameter). ``batch_size`` counts training prompts *per relation* in a step (a step
+    holds about ``relations x batch_size`` prompts). ``test_icl`` adds clean ICL test prompts (the 10-shot baseline) for the
     relations listed (all when ``True``).
     """
 
@@ -265,7 +288,7 @@ class FFVDataModule(LightningDataModule):
         if not ex:
             raise ValueError(f"no {stage} prompts: is the {stage} split empty?")
         if stage == "train":
-            return train_batches(len(ex), self.batch_size, world, self.seed)
+            return train_batches(ex, self.batch_size, world, self.seed)
         return eval_batches(ex, self.eval_batch_size, world)
 
     def _loader(self, stage: str) -> DataLoader:

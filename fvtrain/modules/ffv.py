@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from torch import nn
 
-from fvtrain.modules.metrics import RelationScores, mean_over_relations
+from fvtrain.modules.metrics import RelationScores, mean_over_relations, relation_scores
 from fvtrain.prompts import DEFAULT_TEMPLATE, PromptBatch, PromptTemplate, make_batch
 
 log = logging.getLogger("fvtrain.ffv")
@@ -83,6 +83,7 @@ class FFVModule(LightningModule):
         optimizer: Callable[..., torch.optim.Optimizer] | None = None,
         scheduler: Callable[..., Any] | None = None,
         scheduler_interval: str = "epoch",
+        lr_scale: float = 1.0,
         loss_target: str = "first",
         lam: float = 0.0,
         impl: str = "cached",
@@ -114,6 +115,7 @@ class FFVModule(LightningModule):
         self.log_prefix, self.log_per_relation = log_prefix, bool(log_per_relation)
         self.lm_factory, self.optimizer_factory, self.scheduler_factory = lm_factory, optimizer, scheduler
         self.scheduler_interval = scheduler_interval
+        self.lr_scale = float(lr_scale)
 
         init = init_vectors.detach().float().clone()
         self.vectors = nn.Parameter(init.clone())
@@ -139,7 +141,7 @@ class FFVModule(LightningModule):
             "relations": self.relations, "n_relations": R, "d_model": self.d_model, "layer": self.layer,
             "loss_target": loss_target, "lambda": self.lam, "impl": impl,
             "template": self.template.template, "val_modes": list(self.val_modes),
-            "test_modes": list(self.test_modes), "params_trainable": R * d,
+            "test_modes": list(self.test_modes), "params_trainable": R * d, "lr_scale": self.lr_scale,
         }
         hp.update(hparams or {})
         self.save_hyperparameters(hp)
@@ -292,14 +294,19 @@ class FFVModule(LightningModule):
         bad += [self.relations[r] for r in set(rows) if not bool(torch.isfinite(self.vectors[r]).all())]
         bad = sorted(set(bad)) or sorted({self.relations[r] for r in rows})
         raise FloatingPointError(
-            f"non-finite training loss ({float(loss)}) at step {self.global_step} (epoch "
+            f"non-finite training loss ({float(loss.detach())}) at step {self.global_step} (epoch "
             f"{self.current_epoch}) for relation(s) {', '.join(bad)}; lower the learning rate "
             "(optim.optimizer.lr), check the initial vectors, or add a λ penalty (ffv.loss.lambda)"
         )
 
     def configure_optimizers(self):
         params = [self.vectors]
-        opt = self.optimizer_factory(params) if self.optimizer_factory else torch.optim.Adam(params, lr=1e-2)
+        opt = self.optimizer_factory(params) if self.optimizer_factory else torch.optim.Adam(params, lr=0.05)
+        # Learning rates are relative to the residual stream's scale at the injection layer
+        # (lr_scale = its RMS per coordinate), so one setting fits models whose hidden states
+        # differ by orders of magnitude.
+        for group in opt.param_groups:
+            group["lr"] = group["lr"] * self.lr_scale
         if self.scheduler_factory is None:
             return opt
         return {"optimizer": opt,
@@ -307,6 +314,8 @@ class FFVModule(LightningModule):
 
     # -- validation --------------------------------------------------------------------------
     def validation_step(self, item, batch_idx):
+        if not item["examples"]:
+            return
         prep = self.prepare(item)
         r = prep.relation_index.to(self.vectors.device)
         logits = self.logits(prep, self.vectors[r], 1)[:, -1]
@@ -317,7 +326,7 @@ class FFVModule(LightningModule):
         p = self.log_prefix
         selection = None
         for mode, metric in self.val_metrics.items():
-            res = metric.compute()
+            res = relation_scores(metric)
             metric.reset()
             self._log_scores(f"{p}val/{mode}", res)
             if selection is None:
@@ -367,9 +376,11 @@ class FFVModule(LightningModule):
         return names, torch.stack([table[n] for n in names], 1).flatten(0, 1)
 
     def test_step(self, item, batch_idx):
+        if not item["examples"]:
+            return
         prep = self.prepare(item, store=False)
         if prep.mode == "icl":
-            logits = self.logits(prep, None, 1)[:, -1]
+            logits = self.logits(prep, None, 1, impl="plain")[:, -1]  # no vector: one plain pass
             correct, prob = self.first_token_scores(logits, prep.batch)
             self.test_metrics["icl__none"].update(prep.relation_index, correct, prob)
             return
@@ -385,11 +396,11 @@ class FFVModule(LightningModule):
         for key, metric in self.test_metrics.items():
             mode, method = key.split("__")
             if mode == "icl":
-                res = metric.compute()
+                res = relation_scores(metric)
                 if bool((res["count"] > 0).any()):
                     self._log_scores("test/icl", res, count=True)
             elif method in self.methods():
-                res = metric.compute()
+                res = relation_scores(metric)
                 self._log_scores(f"test/{mode}/{method}", res, count=method == "ffv")
             metric.reset()
 

@@ -47,6 +47,11 @@ class RelationScores(Metric):
         }
 
 
+def relation_scores(metric: RelationScores) -> dict[str, torch.Tensor]:
+    """``metric.compute()`` as 1-D tensors (torchmetrics squeezes a single relation to 0-D)."""
+    return {k: v.reshape(-1) for k, v in metric.compute().items()}
+
+
 def mean_over_relations(values: torch.Tensor) -> float:
     """Mean over the relations that had examples (NaN entries are skipped)."""
     ok = ~torch.isnan(values)
