@@ -147,7 +147,7 @@ def compose(cfg: DictConfig) -> dict:
     from fvtrain.artifacts import _atomic, save_tensors, write_json
     from fvtrain.composition import compose as combine
     from fvtrain.composition import load_bank, make_scheme, score_pairs
-    from fvtrain.evaluation.analogy import check_encodable, evaluate_items, summarise
+    from fvtrain.evaluation.analogy import check_encodable, evaluate_methods, summarise
     from fvtrain.prompts import PromptTemplate
 
     out = cli.output_dir()
@@ -203,40 +203,42 @@ def compose(cfg: DictConfig) -> dict:
         with torch.no_grad():
             weights = {n: schemes[n].weights(scores).detach().float().cpu() for n in order}
 
-        # 3. Evaluation: baselines, every scheme, the oracle.
-        methods: dict[str, dict] = {}
-        per_item: dict[str, Any] = {}
-        n_methods = len(order) + len(baselines) + (2 if cfg.compose.oracle_search else 0)
-        task = bar.add_task("evaluating methods", total=n_methods)
-
-        def run(name, idx, vectors=None, prompt="zero_shot"):
-            its = [eval_items[i] for i in idx]
-            res = evaluate_items(lm, its, template, vectors, layer if vectors is not None else None,
-                                 prompt, bs)
-            methods[name] = summarise(its, res)
-            per_item[name] = (idx, res)
-            bar.advance(task)
-
-        everything = list(range(len(eval_items)))
+        # 3. Evaluation: baselines, every scheme, the oracle. All zero-shot methods share each
+        #    prompt's prefix; the one-shot baseline has prompts of its own.
+        zs: dict[str, Any] = {}
         if "none" in baselines:
-            run("none", everything)
-        if "one_shot" in baselines:
-            run("one_shot", everything, prompt="one_shot")
+            zs["none"] = None
         for n in order:
-            run(n, everything, combine(weights[n], basis))
+            zs[n] = combine(weights[n], basis)
+        oracle_idx = []
         if "oracle" in baselines:
             # The basis vector of the item's own (labelled) relation: what a perfect selector picks.
-            idx = [(i, bank.index(it.relation)) for i, it in enumerate(eval_items)
-                   if it.relation is not None and bank.index(it.relation) is not None]
-            if idx:
-                run("oracle", [i for i, _ in idx], basis[[j for _, j in idx]])
+            oracle_idx = [i for i, it in enumerate(eval_items)
+                          if it.relation is not None and bank.index(it.relation) is not None]
+            if oracle_idx:
+                v = torch.zeros(len(eval_items), bank.d_model)
+                for i in oracle_idx:
+                    v[i] = basis[bank.index(eval_items[i].relation)]
+                zs["oracle"] = v
             else:
                 log.warning("oracle baseline skipped: no analogy carries a relation that is in the bank")
-                bar.advance(task)
+        task = bar.add_task("evaluating methods", total=2 if "one_shot" in baselines else 1)
+        results = evaluate_methods(lm, eval_items, zs, layer, template, "zero_shot", bs)
+        bar.advance(task)
+        if "one_shot" in baselines:
+            results["one_shot"] = evaluate_methods(lm, eval_items, {"one_shot": None}, None, template,
+                                                   "one_shot", bs)["one_shot"]
+            bar.advance(task)
+        everything = list(range(len(eval_items)))
+        per_item: dict[str, Any] = {}
+        for n in ["none", "one_shot", *order, "oracle"]:
+            if n in results:
+                idx = oracle_idx if n == "oracle" else everything
+                per_item[n] = (idx, results[n] if n != "oracle" else results[n].subset(idx))
+        methods = {n: summarise([eval_items[i] for i in idx], r) for n, (idx, r) in per_item.items()}
         oracle_info = None
         if cfg.compose.oracle_search:
             oracle_info = _oracle_search(lm, eval_items, basis, bank.names, layer, template, bs, methods)
-            bar.advance(task, 2)
 
     # 4. Artifacts.
     top = scores.argmax(1)
@@ -328,7 +330,7 @@ def _train_affine(cfg, combiner, lm, bank, train_items, source, template, seed, 
                     progress=lambda n: bar.advance(task, n))
     combiner.attach(lm, bank.vectors, bank.layer)
     data = CombinerDataModule(train_items, s, lm.tokenizer, template, int(t_cfg.batch_size),
-                              float(t_cfg.val_fraction), seed)
+                              float(t_cfg.val_fraction), seed, lm=lm)
     log.info("training the affine combiner on %d analogies (%s)", len(train_items), source)
     info = fit_combiner(combiner, data, _trainer_factory(t_cfg, lm), out)
     save_tensors(out / "combiner.safetensors", {"W": combiner.W.detach(), "b": combiner.b.detach()})
@@ -342,10 +344,11 @@ def _oracle_search(lm, items, basis, names, layer, template, bs, methods) -> dic
     mode) and the per-item best (an upper bound for any one-vector choice)."""
     import torch
 
-    from fvtrain.evaluation.analogy import ItemResults, evaluate_items, summarise
+    from fvtrain.evaluation.analogy import ItemResults, evaluate_methods, summarise
 
-    res = [evaluate_items(lm, items, template, basis[j].expand(len(items), -1), layer, "zero_shot", bs)
-           for j in range(len(basis))]
+    got = evaluate_methods(lm, items, {n: basis[j].expand(len(items), -1) for j, n in enumerate(names)},
+                           layer, template, "zero_shot", bs)
+    res = [got[n] for n in names]
     open_m = torch.stack([r.open_correct.float() for r in res])  # [N, I]
     mc_m = torch.stack([r.mc_correct for r in res])
     mc_mean = torch.nan_to_num(mc_m, nan=0.0).mean(1)

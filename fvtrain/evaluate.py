@@ -253,12 +253,9 @@ def summary_rows(alignment: dict, kinds: list[str], compact: bool = False) -> li
 def evaluate(cfg: DictConfig, out: Path | None = None) -> dict:
     """Run alignment and decoding for ``cfg`` (a composed ``eval.yaml``) into ``out`` (default:
     the Hydra run folder); returns the metrics."""
-    import torch
-
     from fvtrain.artifacts import write_json
     from fvtrain.evaluation import alignment as al
     from fvtrain.evaluation import decoding as dec
-    from fvtrain.evaluation import figures
     from fvtrain.prompts import PromptTemplate
 
     out = Path(out) if out is not None else cli.output_dir()
@@ -284,10 +281,18 @@ def evaluate(cfg: DictConfig, out: Path | None = None) -> dict:
         alignment["judgments"] = {"path": str(cfg.judgments.path), "format": ds.format,
                                   "n_judgments": len(ds.judgments), "n_prototypicality": len(ds.prototypicality),
                                   "reader_skipped": len(ds.skipped)}
-        pair_j = [j for j in ds.judgments]
-        if pair_j and a_cfg.relation_level:
-            alignment["relation"], points["relation"] = al.relation_alignment(
-                vecs, pair_j, bool(a_cfg.include_self), n_boot, ci, seed)
+        if ds.judgments and a_cfg.relation_level:
+            try:
+                alignment["relation"], points["relation"] = al.relation_alignment(
+                    vecs, ds.judgments, bool(a_cfg.include_self), n_boot, ci, seed)
+            except al.AlignmentError as err:
+                # Pair level needs no relation names (any basis works), so it can still run.
+                if not (a_cfg.pair_level and al.judged_pairs(ds.judgments)):
+                    raise
+                log.warning("relation-level alignment skipped: %s", err)
+                alignment["relation"] = {"n": 0, "all": None, "error": str(err), "n_skipped": len(ds.judgments),
+                                         "skipped": {"no judged relation has a vector": {
+                                             "n": len(ds.judgments), "example": ""}}}
     cli.save_resolved_config(cfg, out)
     cli.seed_everything(seed)
     lm = cli.load_model(cfg)

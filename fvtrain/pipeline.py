@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, open_dict, read_write
 
 from fvtrain import cli
 
@@ -34,12 +34,12 @@ def stage_folder(out: Path) -> Iterator[Path]:
     hc = HydraConfig.get()
     before = hc.runtime.output_dir
     out.mkdir(parents=True, exist_ok=True)
-    with open_dict(hc):
+    with read_write(hc), open_dict(hc):
         hc.runtime.output_dir = str(out)
     try:
         yield out
     finally:
-        with open_dict(hc):
+        with read_write(hc), open_dict(hc):
             hc.runtime.output_dir = before
 
 
@@ -113,15 +113,12 @@ def pipeline(cfg: DictConfig) -> dict:
 def _summary(results: dict, times: dict) -> None:
     """The closing tables: relation completion by method, analogies by scheme and distance."""
     tr = results.get("train")
-    if tr and "relations" in tr:
-        cols = [m for m in ("none", "fv", "ffv", "ffv_random", "icl")
-                if any(m in r.get("zero_shot", {}) or m in r for r in tr["relations"].values())]
-        rows = []
-        for name, r in tr["relations"].items():
-            zs = r.get("zero_shot", r)
-            rows.append([name, *[_acc(zs.get(m)) for m in cols]])
-        mean = tr.get("mean", {}).get("zero_shot", tr.get("mean", {}))
-        rows.append(["mean", *[_acc(mean.get(m)) for m in cols]])
+    if tr and "zero_shot_acc" in tr:
+        table = tr["zero_shot_acc"]
+        cols = list(table["methods"])
+        rows = [[name, *[_acc(r.get(m)) for m in cols]] for name, r in table["relations"].items()]
+        mean = tr.get("mean", {})
+        rows.append(["mean", *[_acc(mean.get("zero_shot", {}).get(m, mean.get(m))) for m in cols]])
         cli.print_table("Relation completion, zero-shot test accuracy", ["relation", *cols], rows)
     co = results.get("compose")
     if co and "methods" in co:

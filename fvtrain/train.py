@@ -185,6 +185,25 @@ def build_trainer(cfg: DictConfig, loggers: list, callbacks: list, **overrides):
     return instantiate(cfg.trainer, **kw)
 
 
+class _NoTips(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tip:" not in str(record.msg)
+
+
+def tidy_lightning_logging() -> None:
+    """One copy of each Lightning message, in Hydra's format (console and the job's log file),
+    without the advertising tips."""
+    if logging.getLogger().hasHandlers():
+        for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+            lg = logging.getLogger(name)
+            for h in list(lg.handlers):
+                if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):
+                    lg.removeHandler(h)
+            lg.propagate = True
+    for name in ("lightning.pytorch", "lightning.pytorch.utilities.rank_zero", "lightning.fabric"):
+        logging.getLogger(name).addFilter(_NoTips())
+
+
 def finish_wandb() -> None:
     """End the wandb run of this job (multirun jobs must not share one)."""
     wandb = sys.modules.get("wandb")
@@ -215,6 +234,7 @@ def _train(cfg: DictConfig) -> dict:
     from fvtrain.prompts import PromptTemplate
 
     t_start = time.time()
+    tidy_lightning_logging()
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     f = cfg.ffv

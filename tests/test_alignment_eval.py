@@ -160,7 +160,7 @@ def test_decoding_only_with_a_words_file(data, tmp_path):
     (["vectors.fv={fv}", "vectors.relations=[1a,zz]"], "ConfigError", "vectors.relations names 'zz'"),
     (["vectors.fv={wrong}"], "ConfigError", "were made with model gemma3-270m, but this run loads 'tiny-llama'"),
     (["vectors.fv={fv}", "judgments.path=builtin"], "ConfigError", "holds no human judgments"),
-    (["vectors.fv={fv}", "judgments.path={unknown}"], "AlignmentError",
+    (["vectors.fv={fv}", "judgments.path={unknown}", "alignment.pair_level=false"], "AlignmentError",
      "no relation named by the judgments has a vector"),
     (["vectors.fv={fv}", "judgments.path={relsim}", "judgments.relations=[1a,nope]"], "UnknownRelationError",
      "unknown relation 'nope'"),

@@ -262,6 +262,25 @@ def test_evaluate_items_matches_direct_scoring(tiny_llama, prompt):
             assert int(res.mc_pred[i]) == k and float(res.mc_correct[i]) == float(k == it.answer_index)
 
 
+def test_evaluate_methods_equals_one_method_at_a_time(tiny_llama):
+    from fvtrain.evaluation.analogy import evaluate_methods
+
+    lm = tiny_llama
+    items = ITEMS + [SAT]
+    vecs = bank_tensor(lm, len(items), scale=6.0)
+    zero_row = vecs.clone()
+    zero_row[1] = 0
+    methods = {"none": None, "a": vecs, "b": vecs.flip(0), "z": zero_row}
+    together = evaluate_methods(lm, items, methods, 1, T, batch_size=3)
+    for name, v in methods.items():
+        alone = evaluate_items(lm, items, T, v, 1 if v is not None else None, batch_size=2)
+        got = together[name]
+        assert torch.equal(got.open_correct, alone.open_correct) and torch.equal(got.mc_pred, alone.mc_pred)
+        assert got.open_pred == alone.open_pred
+    none, z = together["none"], together["z"]
+    assert z.open_pred[1] == none.open_pred[1]  # a zero row leaves its item unedited
+
+
 def test_one_shot_prompt_shows_the_source_pair():
     assert icl(T, [("hot", "cold")], "big") == "Q: hot\nA: cold\n\nQ: big\nA:"
 
@@ -335,13 +354,16 @@ def test_combiner_training_lowers_the_loss_and_leaves_the_lm_alone(tmp_path, tin
     items = analogies_from_pairs(pairs, 12, seed=0)
     scores = score_pairs(lm, [(it.a, it.b) for it in items], basis, 1, T)
     c = AffineCombiner(3, optimizer=partial(torch.optim.Adam, lr=0.05), lm=lm, basis=basis, layer=1)
-    data = CombinerDataModule(items, scores, lm.tokenizer, T, batch_size=4, val_fraction=0.25, seed=0)
+    data = CombinerDataModule(items, scores, lm.tokenizer, T, batch_size=4, val_fraction=0.25, seed=0, lm=lm)
+    plain = CombinerDataModule(items, scores, lm.tokenizer, T, batch_size=4, val_fraction=0.25, seed=0)
 
-    def loss():
+    def loss(d=data):
         with torch.no_grad():
-            return float(c._loss(data.collate(data.train_idx)))
+            return float(c._loss(d.collate(d.train_idx)))
 
     start = loss()
+    assert "cache" in data.batches("train")[0] and "cache" not in plain.collate([0])
+    assert abs(start - loss(plain)) < 1e-4  # the precomputed prefix changes nothing
     factory = partial(lightning.Trainer, max_epochs=6, accelerator="cpu", devices=1,
                       enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
     info = fit_combiner(c, data, factory, tmp_path)
@@ -440,9 +462,17 @@ def run_compose(tmp_path: Path, *overrides: str):
 def test_compose_job_writes_metrics_predictions_and_figure(tmp_path, tiny_llama):
     make_bank(tmp_path / "ext" / "vectors", tiny_llama)
     m = run_compose(tmp_path, f"basis.path={tmp_path / 'ext'}", "analogies.max_items=16",
+                    "analogies.relations=[antonym,country_capital,plural,synonym]", "compose.oracle_search=true",
                     "composition.train.analogies_per_relation=4", "composition.train.trainer.max_epochs=1")
     run = tmp_path / "run"
-    assert list(m["methods"]) == ["none", "one_shot", "uniform", "softmax", "top1", "affine", "oracle"]
+    assert list(m["methods"]) == ["none", "one_shot", "uniform", "softmax", "top1", "affine", "oracle",
+                                  "best_single", "best_per_item"]
+    assert m["methods"]["oracle"]["open"]["all"]["n"] < 16  # synonym has no basis vector
+    assert set(m["oracle_search"]["per_vector_mc"]) == set(RELS)
+    for mode in ("open", "mc"):
+        best = max(m["oracle_search"][f"per_vector_{mode}"].values())
+        assert m["methods"]["best_single"][mode]["all"]["acc"] == pytest.approx(best)
+        assert m["methods"]["best_per_item"][mode]["all"]["acc"] >= best
     for name, r in m["methods"].items():
         for mode in ("open", "mc"):
             assert r[mode]["all"]["acc"] is not None and 0 <= r[mode]["all"]["acc"] <= 1
@@ -452,7 +482,8 @@ def test_compose_job_writes_metrics_predictions_and_figure(tmp_path, tiny_llama)
     saved = json.loads((run / "metrics.json").read_text())
     assert saved["methods"]["affine"] == m["methods"]["affine"]
     preds = [json.loads(line) for line in (run / "predictions.jsonl").read_text().splitlines()]
-    assert len(preds) == 16 and {"none", "affine", "one_shot"} <= set(preds[0])
+    assert len(preds) == 16 and all({"none", "affine", "one_shot"} <= set(p) for p in preds)
+    assert sum("oracle" in p for p in preds) == m["methods"]["oracle"]["open"]["all"]["n"]
     assert (run / "figures" / "analogy_accuracy.png").stat().st_size > 1000
     assert (run / "combiner.safetensors").is_file() and (run / "checkpoints" / "combiner-best.ckpt").is_file()
     from fvtrain.artifacts import load_tensors

@@ -114,3 +114,32 @@ def test_init_artifact_of_another_split_or_relation_is_refused(tmp_path):
     cfg = _cfg(tmp_path / "out", "model=tiny-llama", "data.relations=[antonym,plural]", f"ffv.fv_run={run}")
     with pytest.raises(InitArtifactError, match="no vector for relation\\(s\\) plural"):
         train(cfg)
+
+
+def test_user_data_zero_init_run_in_process(tmp_path):
+    """data.path=<csv>, init=zeros without FVs: a whole (tiny, one-epoch) run in this process."""
+    import json
+
+    from fvtrain.artifacts import load_vector
+    from fvtrain.train import train
+
+    words = ["hot cold", "big small", "up down", "good bad", "fast slow", "open close", "light dark",
+             "left right", "happy sad", "begin end", "quick lazy", "tree house", "cat dog", "car road"]
+    rows = ["x,y,relation"] + [f"{w.split()[0]},{w.split()[1]},opposite" for w in words] + \
+        [f"{w.split()[1]},{w.split()[0]},reverse" for w in words]
+    (tmp_path / "pairs.csv").write_text("\n".join(rows) + "\n")
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        cfg = _cfg(tmp_path / "out", "model=tiny-llama", f"data.path={tmp_path / 'pairs.csv'}", "data.n_train=8",
+                   "ffv.init=zeros", "ffv.compare_fv=false", "ffv.icl=false", "trainer.max_epochs=1",
+                   "logger=[]", "callbacks=none", "ffv.eval_batch_size=4")
+        metrics = train(cfg)
+    finally:
+        torch.set_num_threads(n)
+    saved = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert saved["zero_shot_acc"]["methods"] == ["none", "ffv"] == metrics["zero_shot_acc"]["methods"]
+    assert set(saved["zero_shot_acc"]["relations"]) == {"opposite", "reverse"}
+    assert saved["init"] == "zeros" and saved["fv_source"] is None
+    v, man = load_vector(tmp_path / "out" / "bank" / "reverse")
+    assert man["init"] == "zeros" and v.norm() > 0 and man["split_hash"]

@@ -89,8 +89,18 @@ def analogies_from_pairs(
     return out
 
 
+def _as_is(batch: dict) -> dict:
+    return batch
+
+
 class CombinerDataModule(LightningDataModule):
-    """Training analogies with precomputed source scores; a seeded share is held out for validation."""
+    """Training analogies with precomputed source scores; a seeded share is held out for validation.
+
+    Batches are fixed once (a seeded shuffle cut into ``batch_size`` chunks; their order is
+    reshuffled every epoch). Given the frozen ``lm``, each batch's prompt prefix (every column of
+    prompt(C) but the last) is run once here and its keys/values are reused at every step: the
+    CFV only enters at the last prompt token, so nothing before it ever changes.
+    """
 
     def __init__(
         self,
@@ -101,6 +111,7 @@ class CombinerDataModule(LightningDataModule):
         batch_size: int = 16,
         val_fraction: float = 0.2,
         seed: int = 0,
+        lm: Any = None,
     ) -> None:
         super().__init__()
         if len(items) != len(scores):
@@ -110,7 +121,7 @@ class CombinerDataModule(LightningDataModule):
         if not 0 <= val_fraction < 1:
             raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
         self.items, self.scores = list(items), scores.float()
-        self.tokenizer = tokenizer
+        self.tokenizer, self.lm = tokenizer, lm
         self.template = template if isinstance(template, PromptTemplate) else PromptTemplate(
             *(() if template is None else (template,)))
         self.batch_size, self.seed = batch_size, seed
@@ -119,24 +130,40 @@ class CombinerDataModule(LightningDataModule):
         n_val = int(round(val_fraction * len(order))) if len(order) > 1 else 0
         self.val_idx = sorted(order[:n_val])
         self.train_idx = sorted(order[n_val:])
+        self._batches: dict[str, list[dict]] = {}
 
     def collate(self, idx: list[int]) -> dict:
         t = self.template
         its = [self.items[i] for i in idx]
-        return {
+        batch = {
             "scores": self.scores[idx],
             "target": make_batch(self.tokenizer, [zero_shot(t, it.c) for it in its],
                                  [list(it.d) for it in its], t),
             "index": torch.tensor(idx, dtype=torch.long),
         }
+        if self.lm is not None:
+            from fvtrain.composition.scoring import prefix_cache
+
+            b = batch["target"]
+            batch["cache"] = prefix_cache(self.lm, b.prompt_ids, b.prompt_mask)
+        return batch
+
+    def batches(self, stage: str) -> list[dict]:
+        if stage not in self._batches:
+            idx = list(self.train_idx if stage == "train" else self.val_idx)
+            if stage == "train":
+                random.Random(f"fvtrain-combiner-batches\0{self.seed}").shuffle(idx)
+            self._batches[stage] = [self.collate(idx[i : i + self.batch_size])
+                                    for i in range(0, len(idx), self.batch_size)]
+        return self._batches[stage]
 
     def train_dataloader(self) -> DataLoader:
         gen = torch.Generator().manual_seed(self.seed)
-        return DataLoader(self.train_idx, batch_size=self.batch_size, shuffle=True, generator=gen,
-                          collate_fn=self.collate)
+        return DataLoader(self.batches("train"), batch_size=None, shuffle=True, generator=gen,
+                          collate_fn=_as_is)
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val_idx, batch_size=self.batch_size, shuffle=False, collate_fn=self.collate)
+        return DataLoader(self.batches("val"), batch_size=None, shuffle=False, collate_fn=_as_is)
 
 
 def fit_combiner(

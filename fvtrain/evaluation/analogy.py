@@ -15,14 +15,15 @@ from __future__ import annotations
 import logging
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import torch
 from torchmetrics.aggregation import MeanMetric
 
+from fvtrain.composition.scoring import prefix_cache
 from fvtrain.data.types import AnalogyItem
 from fvtrain.models.wrapper import FrozenLM
-from fvtrain.prompts import PromptTemplate, encode_target, icl, make_batch, zero_shot
+from fvtrain.prompts import PromptTemplate, encode_target, icl, make_batch, pad_id, zero_shot
 
 log = logging.getLogger(__name__)
 
@@ -113,53 +114,144 @@ def _shared_prompt(it: AnalogyItem) -> bool:
 
 
 def _eval_shared(lm: FrozenLM, items: Sequence[AnalogyItem], template: PromptTemplate, prompt: str,
-                 vec: torch.Tensor | None, layer: int | None):
-    """Open-ended and multiple choice of shared-prompt items in one forward.
+                 methods: Mapping[str, torch.Tensor | None], layer: int | None) -> dict[str, tuple]:
+    """Open-ended and multiple choice of shared-prompt items, for every method at once.
 
-    The prompt's prefix runs once per item; its last token and each candidate's target tokens run
-    as one row per candidate (item-major, padded to the most candidates by repeating the last).
-    The logits at the last prompt token are the open-ended prediction (the same for every row of
-    an item: same prompt, same vector).
+    The prompt's prefix (all columns but the last) runs once for all methods. Per method, the last
+    prompt token runs once per item with the method's vector injected: its logits are the
+    open-ended prediction and the first-token log-probabilities of every candidate. Candidates of
+    more than one token then continue from that token's cache, one row per candidate (item-major,
+    padded to the most candidates), with no further injection.
     """
+    tok = lm.tokenizer
+    B = len(items)
     K = max(len(it.choices) for it in items)
-    prompts, answers = [], []
-    for it in items:
-        cands = list(it.choices) + [it.choices[-1]] * (K - len(it.choices))
-        p = _prompt(template, prompt, it, it.c)
-        prompts += [p] * K
-        answers += [d for _, d in cands]
-    b = make_batch(lm.tokenizer, prompts, answers, template)
-    P, M = b.prompt_len, b.target_ids.shape[1]
-    first = torch.arange(len(items)) * K
+    pb = make_batch(tok, [_prompt(template, prompt, it, it.c) for it in items], [it.d[0] for it in items],
+                    template)
+    P = pb.prompt_len
+    ids, mask = pb.prompt_ids, pb.prompt_mask
+    cands = [[encode_target(tok, template, d) for _, d in it.choices] for it in items]
+    firsts = [{encode_target(tok, template, d)[0] for d in it.d} for it in items]
+    M = max(len(c) for cs in cands for c in cs)
+    first_tok = torch.zeros(B, K, dtype=torch.long)
+    valid = torch.zeros(B, K, dtype=torch.bool)
+    if M > 1:
+        # Stage-2 rows: candidate tokens but the last (right-padded), predicting tokens 1..m-1.
+        rest_ids = torch.full((B * K, M - 1), pad_id(tok), dtype=torch.long)
+        rest_tgt = torch.zeros(B * K, M - 1, dtype=torch.long)
+        rest_mask = torch.zeros(B * K, M - 1, dtype=torch.long)
+    for r, cs in enumerate(cands):
+        for k, c in enumerate(cs):
+            first_tok[r, k], valid[r, k] = c[0], True
+            if M > 1 and len(c) > 1:
+                row = r * K + k
+                rest_ids[row, : len(c) - 1] = torch.tensor(c[:-1])
+                rest_tgt[row, : len(c) - 1] = torch.tensor(c[1:])
+                rest_mask[row, : len(c) - 1] = 1
+    out: dict[str, tuple] = {}
     with torch.no_grad():
-        cache = lm.prefix_cache(b.input_ids[first, :P], b.attention_mask[first, :P])
-        cache.batch_repeat_interleave(K)  # our own cache object: rows now match the candidates
-        edit = (lm.inject(vec.repeat_interleave(K, 0), layer, positions=0) if vec is not None
-                else _null())
-        with edit:
-            logits = lm.continue_from(cache, b.input_ids[:, P - 1 :], b.attention_mask,
-                                      logits_to_keep=M).logits
-    lp = _logprobs(logits, b.target_ids, b.target_mask).view(len(items), K).cpu()
-    top = logits[first, 0].argmax(-1).cpu()
-    open_ok, mc_ok, mc_pred = [], [], []
-    for r, it in enumerate(items):
-        firsts = {encode_target(lm.tokenizer, template, d)[0] for d in it.d}
-        open_ok.append(int(top[r]) in firsts)
-        k = int(lp[r, : len(it.choices)].argmax())
-        mc_pred.append(k)
-        mc_ok.append(float(k == it.answer_index))
-    return open_ok, top.tolist(), mc_ok, mc_pred
-
-
-def _logprobs(logits, target_ids, target_mask):
-    from fvtrain.composition.scoring import _target_logprobs
-
-    return _target_logprobs(logits, target_ids, target_mask)
+        cache = prefix_cache(lm, ids, mask)
+        for name, vec in methods.items():
+            edit = lm.inject(vec, layer, positions=0) if vec is not None else _null()
+            with edit:
+                o1 = lm.continue_from(cache, ids[:, P - 1 :], mask, logits_to_keep=1)
+            logits = o1.logits[:, -1].float()
+            logp = (logits - logits.logsumexp(-1, keepdim=True)).cpu()
+            lp = logp.gather(1, first_tok)  # [B, K]
+            if M > 1:
+                c2 = o1.past_key_values  # the continuation's own copy, with the edited last token
+                c2.batch_repeat_interleave(K)
+                full = torch.cat([mask.repeat_interleave(K, 0), rest_mask], 1)
+                o2 = lm.continue_from(c2, rest_ids, full, logits_to_keep=M - 1)
+                l2 = o2.logits.float()
+                tl = (l2.gather(-1, rest_tgt.to(l2.device).unsqueeze(-1)).squeeze(-1)
+                      - l2.logsumexp(-1)).cpu() * rest_mask
+                lp = lp + tl.sum(-1).view(B, K)
+            lp = lp.masked_fill(~valid, float("-inf"))
+            top = logits.argmax(-1).cpu()
+            pred = lp.argmax(-1)
+            out[name] = (
+                [int(top[r]) in firsts[r] for r in range(B)], top.tolist(),
+                [float(int(pred[r]) == it.answer_index) for r, it in enumerate(items)], pred.tolist(),
+            )
+    return out
 
 
 @contextmanager
 def _null():
     yield
+
+
+def evaluate_methods(
+    lm: FrozenLM,
+    items: Sequence[AnalogyItem],
+    methods: Mapping[str, torch.Tensor | None],
+    layer: int | None = None,
+    template: PromptTemplate | None = None,
+    prompt: str = "zero_shot",
+    batch_size: int = 32,
+) -> dict[str, ItemResults]:
+    """Open-ended and multiple-choice outcomes of every item under several methods.
+
+    ``methods[name]`` is ``None`` (no vector) or ``[I, d]`` with one vector per item (a zero row
+    leaves that item unedited). Multiple-choice items whose candidates all keep C (the built-in
+    layout) share the prompt's prefix across methods and candidates (see :func:`_eval_shared`);
+    others (e.g. SAT, where each candidate has its own C) and open-ended items use plain batches.
+    """
+    template = template or PromptTemplate()
+    if prompt not in PROMPTS:
+        raise ValueError(f"prompt must be one of {PROMPTS}, got {prompt!r}")
+    for name, v in methods.items():
+        if v is not None and len(v) != len(items):
+            raise ValueError(f"method {name!r}: {len(v)} vectors for {len(items)} analogy items")
+    I = len(items)
+    res = {n: (torch.zeros(I, dtype=torch.bool), torch.full((I,), float("nan")),
+               torch.full((I,), -1, dtype=torch.long), [0] * I) for n in methods}
+    tok = lm.tokenizer
+    shared = [i for i, it in enumerate(items) if _shared_prompt(it)]
+    other = [i for i, it in enumerate(items) if not _shared_prompt(it)]
+    # Items with candidates of equal token length share a batch: no padded target columns.
+    longest = {i: max(len(tok(template.target(d), add_special_tokens=False)["input_ids"])
+                      for _, d in items[i].choices) for i in shared}
+    shared.sort(key=lambda i: (longest[i], i))
+    for s in range(0, len(shared), batch_size):
+        idx = shared[s : s + batch_size]
+        sub = {n: None if v is None else v[idx] for n, v in methods.items()}
+        got = _eval_shared(lm, [items[i] for i in idx], template, prompt, sub, layer)
+        for n, (o, t, m, p) in got.items():
+            ok, mc, pred, top = res[n]
+            for j, i in enumerate(idx):
+                ok[i], top[i], mc[i], pred[i] = o[j], t[j], m[j], p[j]
+    for s in range(0, len(other), batch_size):
+        idx = other[s : s + batch_size]
+        chunk = [items[i] for i in idx]
+        tgt = make_batch(tok, [_prompt(template, prompt, it, it.c) for it in chunk],
+                         [list(it.d) for it in chunk], template)
+        prompts, answers, owner = [], [], []
+        for row, it in enumerate(chunk):
+            for c, d in it.choices or ():
+                prompts.append(_prompt(template, prompt, it, c))
+                answers.append(d)
+                owner.append(row)
+        owner_t = torch.tensor(owner, dtype=torch.long)
+        cand = make_batch(tok, prompts, answers, template) if prompts else None
+        for n, v in methods.items():
+            ok, mc, pred, top = res[n]
+            vec = None if v is None else v[idx]
+            sc = lm.score(tgt, vector=vec, layer=layer)
+            for j, i in enumerate(idx):
+                ok[i], top[i] = bool(sc.correct[j]), int(sc.argmax[j])
+            if cand is None:
+                continue
+            cvec = None if vec is None else vec[owner_t.to(vec.device)]
+            lp = lm.score(cand, vector=cvec, layer=layer).target_logprob.float().cpu()
+            for row, it in enumerate(chunk):
+                if it.choices:
+                    k = int(lp[owner_t == row].argmax())
+                    pred[idx[row]] = k
+                    mc[idx[row]] = float(k == it.answer_index)
+    return {n: ItemResults(ok, mc, pred, [tok.decode([t]) for t in top])
+            for n, (ok, mc, pred, top) in res.items()}
 
 
 def evaluate_items(
@@ -169,60 +261,10 @@ def evaluate_items(
     vectors: torch.Tensor | None = None,
     layer: int | None = None,
     prompt: str = "zero_shot",
-    batch_size: int = 16,
+    batch_size: int = 32,
 ) -> ItemResults:
-    """Open-ended and multiple-choice outcomes of every item; ``vectors[i]`` is injected on item i.
-
-    Multiple-choice items whose candidates all keep C (the built-in layout) take one forward for
-    both measures with a shared prefix; others (e.g. SAT, where each candidate has its own C) and
-    open-ended items use plain batches.
-    """
-    template = template or PromptTemplate()
-    if prompt not in PROMPTS:
-        raise ValueError(f"prompt must be one of {PROMPTS}, got {prompt!r}")
-    if vectors is not None and len(vectors) != len(items):
-        raise ValueError(f"{len(vectors)} vectors for {len(items)} analogy items")
-    I = len(items)
-    open_ok = torch.zeros(I, dtype=torch.bool)
-    mc_ok = torch.full((I,), float("nan"))
-    mc_pred = torch.full((I,), -1, dtype=torch.long)
-    open_tok = [0] * I
-    shared = [i for i, it in enumerate(items) if _shared_prompt(it)]
-    other = [i for i, it in enumerate(items) if not _shared_prompt(it)]
-    for s in range(0, len(shared), batch_size):
-        idx = shared[s : s + batch_size]
-        vec = None if vectors is None else vectors[idx]
-        o, t, m, p = _eval_shared(lm, [items[i] for i in idx], template, prompt, vec, layer)
-        for j, i in enumerate(idx):
-            open_ok[i], open_tok[i], mc_ok[i], mc_pred[i] = o[j], t[j], m[j], p[j]
-    for s in range(0, len(other), batch_size):
-        idx = other[s : s + batch_size]
-        chunk = [items[i] for i in idx]
-        vec = None if vectors is None else vectors[idx]
-        tgt = make_batch(lm.tokenizer, [_prompt(template, prompt, it, it.c) for it in chunk],
-                         [list(it.d) for it in chunk], template)
-        sc = lm.score(tgt, vector=vec, layer=layer)
-        for j, i in enumerate(idx):
-            open_ok[i], open_tok[i] = bool(sc.correct[j]), int(sc.argmax[j])
-        prompts, answers, owner = [], [], []
-        for row, it in enumerate(chunk):
-            for c, d in it.choices or ():
-                prompts.append(_prompt(template, prompt, it, c))
-                answers.append(d)
-                owner.append(row)
-        if not prompts:
-            continue
-        owner_t = torch.tensor(owner)
-        cand = make_batch(lm.tokenizer, prompts, answers, template)
-        cvec = None if vec is None else vec[owner_t.to(vec.device)]
-        lp = lm.score(cand, vector=cvec, layer=layer).target_logprob.float().cpu()
-        for row, it in enumerate(chunk):
-            if it.choices:
-                k = int(lp[owner_t == row].argmax())
-                mc_pred[idx[row]] = k
-                mc_ok[idx[row]] = float(k == it.answer_index)
-    open_pred = [lm.tokenizer.decode([t]) for t in open_tok]
-    return ItemResults(open_ok, mc_ok, mc_pred, open_pred)
+    """One method: :func:`evaluate_methods` with ``vectors[i]`` injected on item i (or none)."""
+    return evaluate_methods(lm, items, {"method": vectors}, layer, template, prompt, batch_size)["method"]
 
 
 def _acc(values: torch.Tensor) -> dict:

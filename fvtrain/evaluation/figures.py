@@ -76,7 +76,7 @@ def grouped_bars(values: Mapping[str, Mapping[str, float]], path: str | Path, yl
     groups = list(values)
     series = list(dict.fromkeys(s for g in values.values() for s in g))
     width = 0.8 / max(1, len(series))
-    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(groups) * max(1, len(series)) / 2), 4))
+    fig, ax = plt.subplots(figsize=(min(18, max(6, 0.6 * len(groups) * max(1, len(series)) / 2)), 4))
     for j, s in enumerate(series):
         xs = [i + (j - (len(series) - 1) / 2) * width for i in range(len(groups))]
         ax.bar(xs, [values[g].get(s, float("nan")) for g in groups], width, label=s)
@@ -129,7 +129,7 @@ def correlation_bars(values: Mapping[str, Mapping[str, float]], path: str | Path
     groups = list(values)
     series = list(dict.fromkeys(s for g in values.values() for s in g))
     width = 0.8 / max(1, len(series))
-    fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(groups) * max(1, len(series))), 4))
+    fig, ax = plt.subplots(figsize=(min(18, max(6, 0.35 * len(groups) * max(1, len(series)))), 4))
     for j, s in enumerate(series):
         xs = [i + (j - (len(series) - 1) / 2) * width for i in range(len(groups))]
         ax.bar(xs, [values[g].get(s, float("nan")) for g in groups], width, label=s.upper())
@@ -148,7 +148,7 @@ def rank_bars(ranks: Mapping[str, Mapping[str, int]], path: str | Path, title: s
     groups = list(ranks)
     series = list(dict.fromkeys(s for g in ranks.values() for s in g))
     width = 0.8 / max(1, len(series))
-    fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(groups) * max(1, len(series))), 4))
+    fig, ax = plt.subplots(figsize=(min(18, max(6, 0.35 * len(groups) * max(1, len(series)))), 4))
     for j, s in enumerate(series):
         xs = [i + (j - (len(series) - 1) / 2) * width for i in range(len(groups))]
         ax.bar(xs, [ranks[g].get(s, float("nan")) for g in groups], width, label=s)

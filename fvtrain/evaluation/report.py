@@ -321,7 +321,7 @@ def headline(metrics: Mapping) -> dict[str, float]:
     """The few numbers that summarise a job (mean accuracies, scheme accuracies, correlations)."""
     flat = flatten(metrics)
     return {k: float(v) for k, v in flat.items()
-            if _num(v) and not k.endswith(".n") and any(p.match(k) for p in HEADLINE)}
+            if _num(v) and not k.endswith(".n") and "prob" not in k and any(p.match(k) for p in HEADLINE)}
 
 
 # -- figures ----------------------------------------------------------------------------------

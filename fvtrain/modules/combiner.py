@@ -86,7 +86,7 @@ class AffineCombiner(LightningModule):
             raise RuntimeError("AffineCombiner has no LM/basis: call attach(lm, basis, layer) first")
         w = self.weights(batch["scores"])
         cfv = compose(w, self.basis).to(self.lm.dtype)
-        lp = target_logprob(self.lm, batch["target"], cfv, self.layer, self.tokens)
+        lp = target_logprob(self.lm, batch["target"], cfv, self.layer, self.tokens, batch.get("cache"))
         return -lp.mean()
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
@@ -108,5 +108,5 @@ class AffineCombiner(LightningModule):
                 "lr_scheduler": {"scheduler": self.scheduler_factory(opt), "interval": self.interval}}
 
     def transfer_batch_to_device(self, batch: dict, device: torch.device, dataloader_idx: int) -> dict:
-        return {"scores": batch["scores"].to(device), "target": batch["target"].to(device),
-                **{k: v for k, v in batch.items() if k not in ("scores", "target")}}
+        # The prompt batch and its prefix cache (if any) stay on the frozen LM's device.
+        return {**batch, "scores": batch["scores"].to(device)}

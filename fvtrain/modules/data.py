@@ -58,7 +58,9 @@ def needs_demos(train_modes: Sequence[str], eval_modes: Sequence[str], icl_test:
 def check_demos(split: Split, n_shots: int) -> None:
     """A train split must supply ``n_shots`` demonstrations besides any query."""
     if len(split.train) < n_shots + 1:
-        raise ValueError(
+        from fvtrain.cli import ConfigError
+
+        raise ConfigError(
             f"relation {split.relation!r}: {n_shots}-shot prompts need at least {n_shots + 1} train "
             f"pairs (demonstrations plus a query), but the train split has {len(split.train)}; lower "
             "ffv.n_shots or raise data.n_train"

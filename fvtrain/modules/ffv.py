@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import math
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -168,6 +169,21 @@ class FFVModule(LightningModule):
         self._lm, self._store = other._lm, other._store
         return self
 
+    def setup(self, stage: str) -> None:
+        # Processes started by ddp_spawn receive CPU tensors in memory shared with their siblings:
+        # give every metric state (and any shared parameter or buffer) a private copy, or the
+        # processes would add into each other's counts.
+        for metric in [*self.val_metrics.values(), *self.test_metrics.values()]:
+            metric.reset()
+        with torch.no_grad():
+            for p in self.parameters():
+                if p.is_shared():
+                    p.data = p.data.clone()
+            for mod in self.modules():
+                for name, buf in list(mod._buffers.items()):
+                    if buf is not None and buf.is_shared():
+                        mod._buffers[name] = buf.clone()
+
     def configure_model(self) -> None:
         device = self.trainer.strategy.root_device if self._trainer is not None else None
         if self._lm is None:
@@ -183,9 +199,6 @@ class FFVModule(LightningModule):
         state["_lm"] = None
         state["_store"] = {}
         return state
-
-    def transfer_batch_to_device(self, batch, device, dataloader_idx):
-        return batch  # examples are strings; prepare() tokenises onto the LM's device
 
     # -- batches -----------------------------------------------------------------------------
     def prepare(self, item: dict | PromptBatch, store: bool = True, impl: str | None = None) -> Prepared:
@@ -231,7 +244,7 @@ class FFVModule(LightningModule):
         if impl == "cached":
             if prep.cache is None:
                 raise RuntimeError("the cached path needs a batch prepared with impl='cached'")
-            ctx = lm.inject(vectors, self.layer, positions=0) if vectors is not None else _null()
+            ctx = lm.inject(vectors, self.layer, positions=0) if vectors is not None else nullcontext()
             with ctx:
                 out = lm.continue_from(prep.cache, b.input_ids[:, P - 1:end], b.attention_mask[:, :end],
                                        repeat=repeat, logits_to_keep=n_new)
@@ -239,7 +252,7 @@ class FFVModule(LightningModule):
             ids, mask = b.input_ids[:, :end], b.attention_mask[:, :end]
             if repeat > 1:
                 ids, mask = ids.repeat_interleave(repeat, 0), mask.repeat_interleave(repeat, 0)
-            ctx = lm.inject(vectors, self.layer, positions=P - 1) if vectors is not None else _null()
+            ctx = lm.inject(vectors, self.layer, positions=P - 1) if vectors is not None else nullcontext()
             with ctx:
                 out = lm.forward(ids, mask, logits_to_keep=n_new)
         return out.logits
@@ -424,11 +437,3 @@ class FFVModule(LightningModule):
             seen = self.best_epoch >= 0
             v[seen] = self.best_vectors[seen]
         return v.cpu()
-
-
-class _null:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False

@@ -1,0 +1,44 @@
+"""The main job end to end on a reduced configuration: every artifact of the full run exists."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from helpers import is_png, run_cli
+
+pytestmark = pytest.mark.slow
+
+
+def test_pipeline_smoke_writes_every_artifact(tmp_path):
+    proc = run_cli("fvtrain.pipeline", "debug=smoke", f"paths.output_root={tmp_path}")
+    runs = list((tmp_path / "pipeline").rglob("pipeline.json"))
+    assert len(runs) == 1
+    run = runs[0].parent
+    info = json.loads(runs[0].read_text())
+    assert info["stages"] == ["extract", "train", "compose", "eval", "report"]
+    # extraction
+    for rel in ("antonym", "country_capital"):
+        assert (run / "extract" / "vectors" / f"{rel}.safetensors").is_file()
+        assert (run / "extract" / "vectors" / f"{rel}.json").is_file()
+        assert (run / "train" / "bank" / f"{rel}.safetensors").is_file()
+        assert (run / "train" / "bank" / f"{rel}.json").is_file()
+    assert is_png(run / "extract" / "figures" / "aie_heatmap.png")
+    # training metrics under the documented keys
+    tm = json.loads((run / "train" / "metrics.json").read_text())
+    assert set(tm["relations"]) == {"antonym", "country_capital"}
+    assert {"none", "fv", "ffv", "icl"} <= set(tm["zero_shot_acc"]["methods"])
+    # composition and evaluation
+    cm = json.loads((run / "compose" / "metrics.json").read_text())
+    assert "affine" in json.dumps(cm) and "far" in json.dumps(cm)
+    assert (run / "eval" / "metrics.json").is_file()
+    # report
+    report = (run / "report.md").read_text()
+    pngs = [p for p in run.rglob("*.png")]
+    assert pngs and all(is_png(p) for p in pngs)
+    assert "figures" in report or ".png" in report
+    assert (run / "config.yaml").is_file()
+    out = proc.stdout
+    assert "Relation completion" in out and "Analogies" in out and "report:" in out
