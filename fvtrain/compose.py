@@ -22,7 +22,7 @@ import random
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from fvtrain import cli
 

@@ -47,6 +47,13 @@ class VectorSet:
     def names(self) -> list[str]:
         return list(self.vectors)
 
+    def splits_file(self) -> Path | None:
+        """The ``splits.json`` of the run that made these vectors, if it can be found."""
+        for d in ([self.run] if self.run else []) + [self.folder.parent, self.folder.parent.parent]:
+            if d is not None and (d / "splits.json").is_file():
+                return d / "splits.json"
+        return None
+
     def model_ids(self) -> set:
         return {m.get("model_id") for m in self.manifests.values() if m.get("model_id")}
 
@@ -239,14 +246,15 @@ def summary_rows(alignment: dict, kinds: list[str], compact: bool = False) -> li
         add(f"pair level ({rep})", res.get("all"), res.get("n"))
         for t, c in (res.get("by_comparison_type") or {}).items():
             add(f"  {t}", c, c["n"])
-    proto = alignment.get("prototypicality") or {}
-    m = proto.get("mean") or {}
-    if m:
-        add(f"prototypicality (mean of {proto['n_subtypes']})", m, proto["n_pairs"])
-        if "none" in m:
-            rows.append(["  no vector", proto["n_pairs"]]
-                        + [_rho(m, "none", s, compact) if i == 0 else "" for s in stats
-                           for i, _ in enumerate(kinds)] + ([""] if len(kinds) > 1 else []))
+    for key, label in (("prototypicality", "prototypicality"), ("prototypicality_held_out", "  held-out pairs")):
+        proto = alignment.get(key) or {}
+        m = proto.get("mean") or {}
+        if m:
+            add(f"{label} (mean of {proto['n_subtypes']})", m, proto["n_pairs"])
+            if "none" in m:
+                rows.append(["    no vector" if "held" in key else "  no vector", proto["n_pairs"]]
+                            + [_rho(m, "none", s, compact) if i == 0 else "" for s in stats
+                               for i, _ in enumerate(kinds)] + ([""] if len(kinds) > 1 else []))
     return rows
 
 
@@ -275,12 +283,15 @@ def evaluate(cfg: DictConfig, out: Path | None = None) -> dict:
     ds = load_judgments(cfg.judgments)
     user_words = dec.load_words_file(d_cfg.words) if d_cfg.get("words") else None
     vecs = {k: s.vectors for k, s in sets.items()}
+    held_out = _train_pairs(sets) if a_cfg.get("held_out", True) else None
     alignment: dict[str, Any] = {}
     points: dict[str, Any] = {}
     if ds is not None:
         alignment["judgments"] = {"path": str(cfg.judgments.path), "format": ds.format,
                                   "n_judgments": len(ds.judgments), "n_prototypicality": len(ds.prototypicality),
                                   "reader_skipped": len(ds.skipped)}
+        if held_out is not None:
+            alignment["held_out"] = {"splits": held_out[1], "n_train_pairs": len(held_out[0])}
         if ds.judgments and a_cfg.relation_level:
             try:
                 alignment["relation"], points["relation"] = al.relation_alignment(
@@ -319,16 +330,22 @@ def evaluate(cfg: DictConfig, out: Path | None = None) -> dict:
             pairs_all = al.judged_pairs(ds.judgments)
             if pairs_all and a_cfg.pair_level:
                 alignment["pair"], points["pair"] = _pair_level(lm, cfg, sets, ds, pairs_all, template,
-                                                                 bar, seed)
+                                                                 bar, seed, held_out[0] if held_out else None)
             # Prototypicality per subtype.
             if ds.prototypicality and a_cfg.prototypicality:
                 rated = {r.relation for r in ds.prototypicality}
                 task = bar.add_task("prototypicality", total=len(rated & set.intersection(
                     *(set(s.names) for s in sets.values()))))
-                alignment["prototypicality"], points["prototypicality"] = al.prototypicality_alignment(
+                records, skipped = al.prototypicality_records(
                     lm, ds.prototypicality, vecs, {k: s.layers for k, s in sets.items()}, template,
-                    bool(a_cfg.baseline), n_boot, ci, seed, int(a_cfg.batch_size), int(a_cfg.min_pairs),
-                    progress=lambda n: bar.advance(task, n))
+                    bool(a_cfg.baseline), int(a_cfg.batch_size), progress=lambda n: bar.advance(task, n))
+                names = (["none"] if a_cfg.baseline else []) + kinds
+                alignment["prototypicality"] = al.prototypicality_summary(
+                    records, names, n_boot, ci, seed, int(a_cfg.min_pairs), (), skipped)
+                if held_out:
+                    alignment["prototypicality_held_out"] = al.prototypicality_summary(
+                        records, names, n_boot, ci, seed, int(a_cfg.min_pairs), held_out[0], skipped)
+                points["prototypicality"] = records
 
     metrics = {
         "model": lm.describe(),
@@ -349,7 +366,7 @@ def evaluate(cfg: DictConfig, out: Path | None = None) -> dict:
         if rows:
             cli.print_table("Alignment with human judgments (Spearman; Pearson in metrics.json)",
                             summary_columns(kinds, compact=True), rows)
-        for what in ("relation", "pair", "prototypicality"):
+        for what in ("relation", "pair", "prototypicality", "prototypicality_held_out"):
             res = alignment.get(what) or {}
             subs = [res] if what != "pair" else [v for v in res.values() if isinstance(v, dict)]
             for r in subs:
@@ -373,7 +390,22 @@ def evaluate(cfg: DictConfig, out: Path | None = None) -> dict:
     return metrics
 
 
-def _pair_level(lm, cfg, sets, ds, pairs_all, template, bar, seed) -> tuple[dict, dict]:
+def _train_pairs(sets: dict[str, VectorSet]) -> tuple[set, list[str]] | None:
+    """Every (x, y) in a train split of the runs that made the vectors, and those splits files."""
+    from fvtrain.data import load_splits
+    from fvtrain.evaluation.alignment import train_pairs
+
+    files = list(dict.fromkeys(f for s in sets.values() if (f := s.splits_file()) is not None))
+    if not files:
+        log.info("no splits.json beside the vectors: no held-out analyses")
+        return None
+    pairs: set = set()
+    for f in files:
+        pairs |= train_pairs(load_splits(f).values())
+    return pairs, [str(f) for f in files]
+
+
+def _pair_level(lm, cfg, sets, ds, pairs_all, template, bar, seed, exclude=None) -> tuple[dict, dict]:
     import torch
 
     from fvtrain.evaluation import alignment as al
@@ -409,7 +441,8 @@ def _pair_level(lm, cfg, sets, ds, pairs_all, template, bar, seed) -> tuple[dict
         w = al.composite_weights(sc, float(a_cfg.temperature))
         scores_meta[k] = {"basis": s.names, "layer": layers[0],
                           "entropy_mean": float(-(w * w.clamp_min(1e-300).log()).sum(1).mean()),
-                          "top_basis_counts": _top_counts(w, s.names)}
+                          "top_basis_counts": _top_counts(w, s.names),
+                          "top_basis_is_pair_relation": _top_hits(w, s.names, ok, ds.judgments, exclude)}
         for r in reps_wanted:
             mat = w if r == "weights" else w @ basis.double()
             reps[r][k] = {p: mat[i] for i, p in enumerate(ok)}
@@ -419,7 +452,28 @@ def _pair_level(lm, cfg, sets, ds, pairs_all, template, bar, seed) -> tuple[dict
         if not reps[r]:
             continue
         res[r], points[r] = al.pair_alignment(reps[r], ds.judgments, int(a_cfg.n_boot), float(a_cfg.ci), seed)
+        if exclude:
+            # The same, on judgments whose two pairs are in no train split of the vectors.
+            res[f"{r}_held_out"], _ = al.pair_alignment(reps[r], ds.judgments, int(a_cfg.n_boot),
+                                                        float(a_cfg.ci), seed, exclude)
     return res, points
+
+
+def _top_hits(w, names, pairs, judgments, exclude=None) -> dict:
+    """How often the highest-weighted basis vector is the relation the data labels the pair with
+    (chance: 1 / basis size); also on pairs in no train split of the vectors."""
+    label: dict = {}
+    for j in judgments:
+        for pair, rel in ((tuple(j.first), j.first_relation), (tuple(j.second), j.second_relation)):
+            if rel and rel in names:
+                label.setdefault(pair, rel)
+    hits = [(p, names[int(w[i].argmax())] == label[p]) for i, p in enumerate(pairs) if p in label]
+    out = {"acc": sum(h for _, h in hits) / len(hits) if hits else None, "n": len(hits),
+           "chance": 1 / len(names)}
+    if exclude:
+        held = [h for p, h in hits if p not in exclude]
+        out.update({"acc_held_out": sum(held) / len(held) if held else None, "n_held_out": len(held)})
+    return out
 
 
 def _top_counts(w, names) -> dict:

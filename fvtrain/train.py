@@ -241,6 +241,8 @@ def _train(cfg: DictConfig) -> dict:
     seed = int(cfg.seed)
     template = PromptTemplate(cfg.prompt.template)
     check_config(cfg)
+    if f.get("num_threads"):
+        torch.set_num_threads(int(f.num_threads))
 
     # -- everything checkable without the model -------------------------------------------
     geo = cli.check_geometry(cfg, f.layer)

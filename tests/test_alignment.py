@@ -124,6 +124,15 @@ def test_pair_level_cosines_and_skips():
     assert [round(r["fv"], 4) for r in recs] == [round(1 / math.sqrt(2), 4), 0.0, round(1 / math.sqrt(2), 4)]
     assert out["skipped"]["pair not scored (sampled out or not encodable)"]["n"] == 1
     assert al.judged_pairs(js)[:3] == [("a", "b"), ("c", "d"), ("e", "f")]
+    held, recs = al.pair_alignment(reps, js, n_boot=0, exclude={("e", "f")})
+    assert held["n"] == 1 and held["skipped"][al.TRAIN_SKIP]["n"] == 2 and held["all"] is None
+
+
+def test_train_pairs_of_splits():
+    from fvtrain.data import Pair, Split
+
+    sp = Split((Pair("big", ("large", "huge")),), (Pair("hot", ("cold",)),), (), "r")
+    assert al.train_pairs([sp]) == {("big", "large"), ("big", "huge")}
 
 
 def test_composite_weights_and_pair_sampling():
@@ -158,8 +167,8 @@ def test_prototypicality_per_subtype_with_skips(tiny_llama):
     out, recs = al.prototypicality_alignment(lm, ratings, vecs, layers, n_boot=50, min_pairs=3)
     assert set(out["by_subtype"]) == {"1a", "2b"}
     assert out["n_subtypes"] == 2 and out["n_pairs"] == 12
-    assert out["skipped"]["subtype without a vector"] == {"n": 1, "example": "9z"}
-    assert out["skipped"]["subtype with fewer than 3 rated pairs"]["n"] == 1
+    assert out["skipped"][al.NO_VECTOR_SKIP] == {"n": 6, "example": "9z"}  # counts pairs
+    assert out["skipped"]["pair of a subtype with fewer than 3 rated pairs"] == {"n": 2, "example": "3c"}
     assert set(out["mean"]) == {"none", "fv", "ffv", "difference"}
     one = out["by_subtype"]["1a"]
     xs = [r["fv"] for r in recs if r["relation"] == "1a"]
@@ -168,3 +177,10 @@ def test_prototypicality_per_subtype_with_skips(tiny_llama):
     assert out["mean"]["fv"]["spearman"] == pytest.approx(mean_fv)
     with pytest.raises(al.AlignmentError, match="no rated subtype has a vector"):
         al.prototypicality_alignment(lm, ratings[12:18], vecs, layers)
+    # Held out: pairs the vectors were trained on are left out (and counted); same scores otherwise.
+    held = al.prototypicality_summary(recs, ["none", "fv", "ffv"], n_boot=50, min_pairs=3,
+                                      exclude={("hot", "cold"), ("big", "small")})
+    assert held["skipped"][al.TRAIN_SKIP]["n"] == 6 and held["n_pairs"] == 8  # 1a, 2b and 3c pairs
+    xs = [r["fv"] for r in recs if r["relation"] == "1a"][2:]
+    assert held["by_subtype"]["1a"]["fv"]["spearman"] == pytest.approx(
+        al.correlation(xs, [r.rating for r in ratings[2:6]]))

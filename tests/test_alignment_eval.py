@@ -70,9 +70,19 @@ def make_semeval(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
+def make_splits(run: Path, train: dict[str, list[tuple[str, str]]]) -> Path:
+    """A run's splits.json whose train splits hold ``train[relation]``."""
+    from fvtrain.data import Pair, Split, save_splits
+
+    return save_splits(run / "splits.json", {r: Split(tuple(Pair(x, (y,)) for x, y in ps), (), (), r)
+                                             for r, ps in train.items()}, seed=0)
+
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("evaldata")
+    # The "extraction run" trained on two pairs of 1a and two of 2a.
+    make_splits(root / "extract_run", {"1a": PAIRS["1a"][:2], "2a": PAIRS["2a"][:2]})
     return {
         "fv": make_vectors(root / "extract_run" / "vectors", "fv", 0),
         "ffv": make_vectors(root / "train_run" / "bank", "ffv", 1),
@@ -105,8 +115,14 @@ def test_relsim_alignment_fv_vs_ffv_writes_metrics_points_and_figures(data, tmp_
         assert c["spearman_ci"][0] <= c["spearman"] <= c["spearman_ci"][1]
     assert rel["all"]["difference"]["kinds"] == ["fv", "ffv"]
     pair = al["pair"]
-    assert set(pair) >= {"weights", "cfv", "basis", "n_pairs_judged"}
+    assert set(pair) >= {"weights", "cfv", "weights_held_out", "cfv_held_out", "basis", "n_pairs_judged"}
+    held = pair["weights_held_out"]
+    assert held["n"] + held["skipped"]["pair in a train split of the vectors"]["n"] == 62
+    assert 0 < held["n"] < 62
     assert pair["weights"]["n"] == 62 and pair["basis"]["fv"]["basis"] == RELS
+    top = pair["basis"]["ffv"]["top_basis_is_pair_relation"]
+    assert top["n"] == 35 and top["chance"] == pytest.approx(1 / 6) and 0 <= top["acc"] <= 1  # two 9z-only pairs: no label
+    assert top["n_held_out"] == 31  # the four train pairs of 1a and 2a are judged
     assert set(pair["weights"]["by_comparison_type"]) == {"within-subtype", "between-subtype", "between-type"}
     assert m["vectors"]["fv"]["path"].endswith("vectors") and m["vectors"]["ffv"]["path"].endswith("bank")
     saved = json.loads((out / "metrics.json").read_text())
@@ -128,10 +144,15 @@ def test_relsim_alignment_fv_vs_ffv_writes_metrics_points_and_figures(data, tmp_
 
 def test_semeval_prototypicality_and_decoding_words_from_titles(data, tmp_path):
     out = tmp_path / "run"
-    m = _eval(out, f"vectors.fv={data['fv']}", f"vectors.ffv={data['ffv']}", f"judgments.path={data['semeval']}")
+    m = _eval(out, f"vectors.fv={data['fv']}", f"vectors.ffv={data['ffv']}", f"judgments.path={data['semeval']}",
+              "alignment.min_pairs=3")
     p = m["alignment"]["prototypicality"]
     assert set(p["by_subtype"]) == {"1a", "2a"} and p["n_pairs"] == 12
-    assert p["skipped"]["subtype without a vector"]["example"] == "7b"
+    assert p["skipped"]["rated pair of a subtype without a vector"] == {"n": 6, "example": "7b"}
+    # The FV run's splits.json names train pairs: the same correlations on the other pairs only.
+    h = m["alignment"]["prototypicality_held_out"]
+    assert h["skipped"]["pair in a train split of the vectors"]["n"] == 4 and h["n_pairs"] == 8
+    assert m["alignment"]["held_out"]["n_train_pairs"] == 4
     assert set(p["mean"]) == {"none", "fv", "ffv", "difference"}
     assert "relation" not in m["alignment"] and "pair" not in m["alignment"]
     d = m["decoding"]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fvtrain.artifacts import save_vector, write_json
+from fvtrain.artifacts import save_vector
 from fvtrain.composition import (
     BankError,
     Softmax,

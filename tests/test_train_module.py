@@ -237,3 +237,14 @@ def test_bad_initial_vectors_are_refused(tiny_llama):
     m = FFVModule(["a", "b"], 1, torch.zeros(2, tiny_llama.d_model + 1))
     with pytest.raises(ValueError, match="d_model"):
         m.attach_lm(tiny_llama)
+
+
+def test_residual_norm_is_the_block_output_norm(tiny_lm):
+    """FrozenLM.residual_norm (the unit of ffv.lr_scale=rms) reads block `layer`'s output."""
+    b = make_batch(tiny_lm.tokenizer, [zero_shot(T, "hot"), zero_shot(T, "the quick fox")], ["cold", "dog"])
+    with torch.no_grad():
+        hs = tiny_lm.model(input_ids=b.prompt_ids, attention_mask=b.prompt_mask,
+                           position_ids=(b.prompt_mask.cumsum(-1) - 1).clamp(min=0),
+                           output_hidden_states=True).hidden_states
+    torch.testing.assert_close(tiny_lm.residual_norm(b.prompt_ids, b.prompt_mask, 1),
+                               hs[2][:, -1].float().norm(dim=-1), rtol=1e-5, atol=1e-5)

@@ -37,6 +37,8 @@ from fvtrain.data.types import Judgment, PrototypicalityRating
 log = logging.getLogger(__name__)
 
 STATS = ("spearman", "pearson")
+TRAIN_SKIP = "pair in a train split of the vectors"
+NO_VECTOR_SKIP = "rated pair of a subtype without a vector"
 
 
 class AlignmentError(ValueError):
@@ -311,14 +313,16 @@ def pair_alignment(
     n_boot: int = 1000,
     ci: float = 0.95,
     seed: int = 0,
+    exclude: Iterable[tuple[str, str]] = (),
 ) -> tuple[dict, list[dict]]:
     """Cosine between the two pairs' representations against the rating of each comparison.
 
-    ``representations[name][(A, B)]``: e.g. ``{"fv": weights, "ffv": weights}`` or
-    ``{"fv_cfv": ...}``. A judgment is used when both of its pairs have a representation of every
-    name; the others are counted as skipped.
+    ``representations[name][(A, B)]``: e.g. ``{"fv": weights, "ffv": weights}``. A judgment is
+    used when both of its pairs have a representation of every name and neither is in
+    ``exclude`` (e.g. pairs the vectors were trained on); the others are counted as skipped.
     """
     names = list(representations)
+    exclude = set(exclude)
     skipped = Skipped()
     records = []
     for j in judgments:
@@ -327,6 +331,10 @@ def pair_alignment(
         a, b = tuple(j.first), tuple(j.second)
         if len(a) != 2 or len(b) != 2:
             skipped.add("not a comparison of two word pairs", str(j.first))
+            continue
+        seen = [p for p in (a, b) if p in exclude]
+        if seen:
+            skipped.add(TRAIN_SKIP, ":".join(seen[0]))
             continue
         missing = [p for p in (a, b) for n in names if p not in representations[n]]
         if missing:
@@ -367,6 +375,85 @@ def prototypicality_scores(lm, ratings: Sequence[PrototypicalityRating], vector:
     return torch.cat(out) if out else torch.empty(0, dtype=torch.float64)
 
 
+def prototypicality_records(
+    lm,
+    ratings: Sequence[PrototypicalityRating],
+    vectors: Mapping[str, Mapping[str, torch.Tensor]],
+    layers: Mapping[str, Mapping[str, int]],
+    template=None,
+    baseline: bool = True,
+    batch_size: int = 32,
+    progress=None,
+) -> tuple[list[dict], Skipped]:
+    """One record per rated pair of a subtype with a vector of every kind: the gold rating and
+    ``log P(B | prompt(A), vector of the subtype)`` per kind (``none``: no vector)."""
+    kinds = list(vectors)
+    skipped = Skipped()
+    by_rel: dict[str, list[PrototypicalityRating]] = defaultdict(list)
+    for r in ratings:
+        by_rel[r.relation].append(r)
+    have = set.intersection(*(set(v) for v in vectors.values())) if vectors else set()
+    if by_rel and not have & set(by_rel):
+        raise AlignmentError(
+            f"no rated subtype has a vector: the ratings cover {', '.join(list(by_rel)[:12])}"
+            f"{' ...' if len(by_rel) > 12 else ''}; the vectors are for "
+            f"{', '.join(sorted(set().union(*(set(v) for v in vectors.values())))[:12])}"
+        )
+    records: list[dict] = []
+    for rel, rs in by_rel.items():
+        if rel not in have:
+            skipped.counts[NO_VECTOR_SKIP] += len(rs)
+            skipped.examples.setdefault(NO_VECTOR_SKIP, rel)
+            continue
+        xs = {}
+        if baseline:
+            xs["none"] = prototypicality_scores(lm, rs, None, None, template, batch_size)
+        for k in kinds:
+            xs[k] = prototypicality_scores(lm, rs, vectors[k][rel], layers[k][rel], template, batch_size)
+        for i, r in enumerate(rs):
+            records.append({"relation": rel, "pair": list(r.pair), "rating": r.rating,
+                            **{k: float(v[i]) for k, v in xs.items()}})
+        if progress is not None:
+            progress(1)
+    return records, skipped
+
+
+def prototypicality_summary(
+    records: Sequence[dict],
+    names: Sequence[str],
+    n_boot: int = 1000,
+    ci: float = 0.95,
+    seed: int = 0,
+    min_pairs: int = 5,
+    exclude: Iterable[tuple[str, str]] = (),
+    skipped: Skipped | None = None,
+) -> dict:
+    """Per-subtype correlations of every ``names`` score with the gold rating, and their mean.
+
+    Pairs in ``exclude`` (e.g. the vectors' training pairs) and subtypes with fewer than
+    ``min_pairs`` remaining pairs are skipped and counted (``skipped`` counts pairs)."""
+    exclude = set(exclude)
+    skipped = Skipped(Counter(skipped.counts), dict(skipped.examples)) if skipped else Skipped()
+    by_rel: dict[str, list[dict]] = defaultdict(list)
+    for r in records:
+        if tuple(r["pair"]) in exclude:
+            skipped.add(TRAIN_SKIP, ":".join(r["pair"]))
+        else:
+            by_rel[r["relation"]].append(r)
+    per: dict[str, dict] = {}
+    for rel, rs in by_rel.items():
+        if len(rs) < min_pairs:
+            why = f"pair of a subtype with fewer than {min_pairs} rated pairs"
+            skipped.counts[why] += len(rs)
+            skipped.examples.setdefault(why, rel)
+            continue
+        per[rel] = correlate({k: [r[k] for r in rs] for k in names}, [r["rating"] for r in rs],
+                             n_boot, ci, seed, _compare(names))
+    return {"n_subtypes": len(per), "n_pairs": sum(v["n"] for v in per.values()),
+            "skipped": skipped.to_dict(), "n_skipped": skipped.total,
+            "by_subtype": per, "mean": summarise_subtypes(per, names, n_boot, ci, seed)}
+
+
 def prototypicality_alignment(
     lm,
     ratings: Sequence[PrototypicalityRating],
@@ -380,52 +467,24 @@ def prototypicality_alignment(
     batch_size: int = 32,
     min_pairs: int = 5,
     progress=None,
+    exclude: Iterable[tuple[str, str]] = (),
 ) -> tuple[dict, list[dict]]:
     """Per subtype: ``log P(B | A, vector of the subtype)`` against the gold prototypicality.
 
     ``vectors[kind][subtype]`` with ``layers[kind][subtype]`` its injection layer. With
-    ``baseline`` the same log-probability without a vector is reported as ``none``. Subtypes
-    without a vector of every kind, or with fewer than ``min_pairs`` rated pairs, are skipped and
-    counted.
+    ``baseline`` the same log-probability without a vector is reported as ``none``. Rated pairs of
+    subtypes without a vector of every kind, pairs in ``exclude`` and subtypes with fewer than
+    ``min_pairs`` pairs left are skipped and counted. Returns ``(metrics, records)``.
     """
-    kinds = list(vectors)
-    skipped = Skipped()
-    by_rel: dict[str, list[PrototypicalityRating]] = defaultdict(list)
-    for r in ratings:
-        by_rel[r.relation].append(r)
-    have = set.intersection(*(set(v) for v in vectors.values())) if vectors else set()
-    if by_rel and not have & set(by_rel):
-        raise AlignmentError(
-            f"no rated subtype has a vector: the ratings cover {', '.join(list(by_rel)[:12])}"
-            f"{' ...' if len(by_rel) > 12 else ''}; the vectors are for "
-            f"{', '.join(sorted(set().union(*(set(v) for v in vectors.values())))[:12])}"
-        )
-    per: dict[str, dict] = {}
-    records: list[dict] = []
-    for rel, rs in by_rel.items():
-        if rel not in have:
-            skipped.add("subtype without a vector", rel)
-            continue
-        if len(rs) < min_pairs:
-            skipped.add(f"subtype with fewer than {min_pairs} rated pairs", rel)
-            continue
-        xs = {}
-        if baseline:
-            xs["none"] = prototypicality_scores(lm, rs, None, None, template, batch_size)
-        for k in kinds:
-            xs[k] = prototypicality_scores(lm, rs, vectors[k][rel], layers[k][rel], template, batch_size)
-        gold = [r.rating for r in rs]
-        per[rel] = correlate(xs, gold, n_boot, ci, seed, _compare(kinds))
-        for i, r in enumerate(rs):
-            records.append({"relation": rel, "pair": list(r.pair), "rating": r.rating,
-                            **{k: float(v[i]) for k, v in xs.items()}})
-        if progress is not None:
-            progress(1)
-    names = (["none"] if baseline else []) + kinds
-    out = {"n_subtypes": len(per), "n_pairs": sum(v["n"] for v in per.values()),
-           "skipped": skipped.to_dict(), "n_skipped": skipped.total,
-           "by_subtype": per, "mean": summarise_subtypes(per, names, n_boot, ci, seed)}
-    return out, records
+    records, skipped = prototypicality_records(lm, ratings, vectors, layers, template, baseline,
+                                               batch_size, progress)
+    names = (["none"] if baseline else []) + list(vectors)
+    return prototypicality_summary(records, names, n_boot, ci, seed, min_pairs, exclude, skipped), records
+
+
+def train_pairs(splits: Iterable) -> set[tuple[str, str]]:
+    """Every ``(x, answer)`` of the train splits of :class:`fvtrain.data.Split` objects."""
+    return {(p.x, a) for s in splits for p in s.train for a in p.answers}
 
 
 def summarise_subtypes(per: Mapping[str, dict], names: Sequence[str], n_boot: int = 1000,

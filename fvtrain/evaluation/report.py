@@ -312,7 +312,7 @@ HEADLINE = [
     re.compile(r"^(test\.)?mean\.(?![\w.]*\bn_)[\w.]+$"),
     re.compile(r"^methods\.[^.]+\.(open|mc)\.all\.acc$"),
     re.compile(r"^alignment\.(relation|pair\.\w+)\.all\.(fv|ffv)\.spearman$"),
-    re.compile(r"^alignment\.prototypicality\.mean\.(none|fv|ffv)\.spearman$"),
+    re.compile(r"^alignment\.prototypicality(_held_out)?\.mean\.(none|fv|ffv)\.spearman$"),
     re.compile(r"^decoding\.summary\.(fv|ffv)\.median_rank$"),
 ]
 
@@ -536,7 +536,7 @@ def _eval_section(job: Job, base: Path, h: str, refresh: bool, made: list[Path],
                        f"judgments: `{(al.get('judgments') or {}).get('path')}`\n\n"
                        + _md_table(summary_columns(kinds), rows))
         skipped = []
-        for what in ("relation", "prototypicality"):
+        for what in ("relation", "prototypicality", "prototypicality_held_out"):
             r = al.get(what) or {}
             for why, v in (r.get("skipped") or {}).items():
                 skipped.append([what, why, v.get("n"), v.get("example")])

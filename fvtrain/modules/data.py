@@ -3,15 +3,16 @@
 Training a vector with the LM frozen allows one big saving: every prompt column before the last
 one never sees the vector, so its keys/values can be computed once and reused in every epoch.
 That works best when a training batch is the same set of prompts in every epoch, so batches here
-are *fixed*: the training examples are split once (seeded) into batches of near-equal size, and
-each epoch visits those batches in a seeded, epoch-dependent order. The LightningModule keeps
-each batch's prefix cache under the batch's key.
+are *fixed*: the training prompts are split once (seeded) into batches that each hold a few
+prompts of every relation, and each epoch visits those batches in a seeded, epoch-dependent
+order. The LightningModule keeps each batch's prefix cache under the batch's key.
 
 The data module yields plain ``{"stage", "index", "mode", "examples"}`` dicts; the module that
 owns the frozen LM tokenises them. Under DDP every process gets the batches ``rank::world`` of
-the (epoch-shuffled) list, with no padding or repetition: the number of training batches is a
-multiple of the world size (equal steps on every rank), evaluation batches are never duplicated
-(metrics sum exactly across processes).
+the (epoch-shuffled) list and no batch is repeated: the number of training batches is a multiple
+of the world size, and a process with fewer evaluation batches steps through empty fillers, so
+every process takes the same number of (collective) steps while metrics, summed across
+processes, count each example exactly once.
 
 Evaluation prompts follow :func:`fvtrain.extraction.job.evaluate_relation` exactly (same seeded
 demonstrations per query), so test numbers line up with an extraction run on the same split.
