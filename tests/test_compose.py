@@ -85,8 +85,9 @@ def test_one_prompt_scores_all_vectors_in_one_forward(tiny_llama):
     """Shared prompt, one row per vector: a prefix forward and one forward of N rows."""
     lm = tiny_llama
     calls = []
-    h = lm.model.register_forward_pre_hook(lambda m, a, kw: calls.append(kw["input_ids"].shape),
-                                           with_kwargs=True)
+    # The body (decoder stack) runs for the prefix and for the rows; count its calls.
+    h = lm.model.base_model.register_forward_pre_hook(lambda m, a, kw: calls.append(kw["input_ids"].shape),
+                                                      with_kwargs=True)
     try:
         b = make_batch(lm.tokenizer, [zero_shot(T, "hot")], ["cold"], T)
         s = source_scores(lm, b, bank_tensor(lm, 30), 1, max_rows=64)

@@ -72,6 +72,32 @@ def test_model_override_accepts_hub_ids_and_paths():
     assert cfg.model.name == "/some/where/model.gguf" and cfg.model.self_check is True
 
 
+NO_GPU = pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks a machine without CUDA")
+
+
+@NO_GPU
+@pytest.mark.parametrize("config,overrides,message", [
+    ("extract", ["model.device=cuda"],
+     "model.device=cuda, but this machine has 0 CUDA devices; use model.device=cpu (and trainer=cpu)"),
+    ("train", ["trainer=gpu"], "trainer.accelerator=gpu, but this machine has no CUDA device; use trainer=cpu"),
+    ("pipeline", ["experiment=gptj_paper"], "model.device=cuda, but this machine has 0 CUDA devices"),
+])
+def test_missing_devices_fail_before_the_model_loads(config, overrides, message):
+    from fvtrain.cli import ConfigError, check_geometry
+
+    cfg = compose(config, ["model=tiny-llama", *overrides] if "experiment" not in overrides[0] else overrides)
+    with pytest.raises(ConfigError) as err:
+        check_geometry(cfg, None)
+    assert message in str(err.value)
+
+
+def test_device_check_accepts_what_the_machine_has():
+    from fvtrain.cli import check_devices
+
+    check_devices(compose("train", ["model=tiny-llama", "trainer=ddp_sim"]))
+    check_devices(compose("train", ["model=tiny-llama", "trainer=cpu", "model.device=cpu"]))
+
+
 def test_multirun_over_two_layers_with_one_failing_job(tmp_path):
     """Two good layers and one out of range: the good jobs finish, the summary lists the failure."""
     proc = run_cli("fvtrain.extract", "-m", "debug=fast", "extract.layer=1,2,9",

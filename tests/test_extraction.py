@@ -44,12 +44,13 @@ def test_fast_aie_equals_reference(family, attn):
     corrupt = _prompts(lm, 5, 4, seed=1)
     assert corrupt.prompt_mask.sum(1).unique().numel() > 1  # really left-padded
     ref, ref_base = aie_reference(lm, corrupt, mean)
-    fast, fast_base = aie_fast(lm, corrupt, mean, max_rows=7)  # odd chunking on purpose
-    torch.testing.assert_close(fast_base, ref_base, rtol=0, atol=1e-5)
-    assert (fast - ref).abs().max() <= 1e-5
     assert ref.abs().max() > 1e-4  # the patches did something
-    assert top_heads(fast.mean(0), 3) and [h[:2] for h in top_heads(fast.mean(0), 3)] == \
-        [h[:2] for h in top_heads(ref.mean(0), 3)]
+    # Odd chunking on purpose: heads across layers (7 rows), one layer's heads split (3 rows).
+    for layer_start, max_rows in [(False, 7), (True, 7), (True, 3)]:
+        fast, fast_base = aie_fast(lm, corrupt, mean, max_rows=max_rows, layer_start=layer_start)
+        torch.testing.assert_close(fast_base, ref_base, rtol=0, atol=1e-5)
+        assert (fast - ref).abs().max() <= 1e-5, (layer_start, max_rows)
+        assert [h[:2] for h in top_heads(fast.mean(0), 3)] == [h[:2] for h in top_heads(ref.mean(0), 3)]
 
 
 def test_mean_activations_batched_equals_single():

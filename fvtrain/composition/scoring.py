@@ -34,18 +34,6 @@ def _target_logprobs(logits: torch.Tensor, target_ids: torch.Tensor, target_mask
     return (picked * mask).sum(-1)
 
 
-def prefix_cache(lm: FrozenLM, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor):
-    """Keys/values of every prompt column but the last (no gradient), without computing logits.
-
-    Like :meth:`FrozenLM.prefix_cache`, but asks for logits at no position (an empty
-    ``logits_to_keep``), which saves one vocabulary-wide row per prompt.
-    """
-    with torch.no_grad():
-        out = lm.forward(prompt_ids[:, :-1], prompt_mask[:, :-1], use_cache=True,
-                         logits_to_keep=torch.empty(0, dtype=torch.long))
-    return out.past_key_values
-
-
 def source_scores(
     lm: FrozenLM,
     batch: PromptBatch,
@@ -71,7 +59,7 @@ def source_scores(
             ids = batch.input_ids[s : s + per]
             mask = batch.attention_mask[s : s + per]
             b = len(ids)
-            cache = prefix_cache(lm, ids[:, :P], mask[:, :P])
+            cache = lm.prefix_cache(ids[:, :P], mask[:, :P])
             for v in range(0, N, vec_chunk):
                 vecs = bank[v : v + vec_chunk]
                 n = len(vecs)
@@ -132,13 +120,13 @@ def target_logprob(
     """``[B]`` log P(target | prompt, vector_b injected), differentiable in ``vectors``.
 
     The prefix runs without gradient (or comes precomputed as ``cache``, from
-    :func:`prefix_cache`, and is reused: a forward never modifies it); gradients reach the vectors
+    :meth:`FrozenLM.prefix_cache`, and is reused: a forward never modifies it); gradients reach the vectors
     through the last prompt token and the target tokens only (the frozen LM gets none).
     """
     P, M = batch.prompt_len, batch.target_ids.shape[1]
     ids, mask = batch.input_ids, batch.attention_mask
     if cache is None:
-        cache = prefix_cache(lm, ids[:, :P], mask[:, :P])
+        cache = lm.prefix_cache(ids[:, :P], mask[:, :P])
     if vectors is None:
         logits = lm.continue_from(cache, ids[:, P - 1 :], mask, logits_to_keep=M).logits
     else:

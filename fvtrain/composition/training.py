@@ -142,10 +142,8 @@ class CombinerDataModule(LightningDataModule):
             "index": torch.tensor(idx, dtype=torch.long),
         }
         if self.lm is not None:
-            from fvtrain.composition.scoring import prefix_cache
-
             b = batch["target"]
-            batch["cache"] = prefix_cache(self.lm, b.prompt_ids, b.prompt_mask)
+            batch["cache"] = self.lm.prefix_cache(b.prompt_ids, b.prompt_mask)
         return batch
 
     def batches(self, stage: str) -> list[dict]:

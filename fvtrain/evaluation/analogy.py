@@ -20,7 +20,6 @@ from typing import Mapping, Sequence
 import torch
 from torchmetrics.aggregation import MeanMetric
 
-from fvtrain.composition.scoring import prefix_cache
 from fvtrain.data.types import AnalogyItem
 from fvtrain.models.wrapper import FrozenLM
 from fvtrain.prompts import PromptTemplate, encode_target, icl, make_batch, pad_id, zero_shot
@@ -150,7 +149,7 @@ def _eval_shared(lm: FrozenLM, items: Sequence[AnalogyItem], template: PromptTem
                 rest_mask[row, : len(c) - 1] = 1
     out: dict[str, tuple] = {}
     with torch.no_grad():
-        cache = prefix_cache(lm, ids, mask)
+        cache = lm.prefix_cache(ids, mask)
         for name, vec in methods.items():
             edit = lm.inject(vec, layer, positions=0) if vec is not None else _null()
             with edit:

@@ -19,11 +19,13 @@ from fvtrain.prompts import PromptBatch
 
 
 def _target_prob(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Softmax probability of one token per row, without materialising the softmax."""
+    """Softmax probability of one token per row. Consumes ``logits``: the softmax runs in place,
+    since a fresh ``[rows, vocab]`` buffer per chunk costs more than the exponentials."""
     z = logits.float()
+    zt = z.gather(-1, target.unsqueeze(-1)).squeeze(-1)
     m = z.max(-1, keepdim=True).values
-    denom = (z - m).exp_().sum(-1)
-    return (z.gather(-1, target.unsqueeze(-1)) - m).squeeze(-1).exp() / denom
+    denom = z.sub_(m).exp_().sum(-1)
+    return (zt - m.squeeze(-1)).exp() / denom
 
 
 def _check(lm: FrozenLM, mean: torch.Tensor) -> None:
@@ -70,41 +72,65 @@ def aie_fast(
     mean: torch.Tensor,
     max_rows: int = 512,
     progress: Callable[[int], None] | None = None,
+    layer_start: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Same result as :func:`aie_reference`, from cached prefixes and batched last tokens.
 
     Prompts are processed in groups of G, heads in chunks of R, with ``G * R <= max_rows``
     last-token rows per forward (row ``g * R + r`` patches head ``r`` of the chunk for prompt g).
+    With ``layer_start`` a chunk holds heads of one layer and runs only the blocks from that
+    layer up: below it the patched token's residual stream equals the unpatched one, which is
+    recorded once per prompt, so about half of the blocks need not run. The forwards stop at
+    the final norm; the unembedding, the costliest step per row on a large vocabulary, runs on
+    ``max_rows`` rows at a time gathered across chunks, where a matrix product is most efficient.
     """
     _check(lm, mean)
     L, H = lm.n_layers, lm.n_heads
-    all_l = torch.arange(L).repeat_interleave(H)
-    all_h = torch.arange(H).repeat(L)
     n_heads = L * H
+    if layer_start:
+        R = min(H, max_rows)
+        chunks = [(torch.full((len(hs),), l), hs, l)
+                  for l in range(L) for hs in torch.arange(H).split(R)]
+    else:
+        R = min(n_heads, max_rows)
+        chunks = [(fl // H, fl % H, 0) for fl in torch.arange(n_heads).split(R)]
     N = len(batch)
-    R = min(n_heads, max_rows)
     G = max(1, max_rows // R)
     effects = torch.zeros(N, L, H)
     base = torch.zeros(N)
     ids, mask = batch.prompt_ids, batch.prompt_mask
+    targets = batch.target_ids[:, 0]
     values = mean.to(lm.device, lm.dtype)
+    pending: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # (hidden, prompt, head)
+
+    def unembed_pending() -> None:
+        hidden, prompt, head = (torch.cat(x) for x in zip(*pending))
+        pending.clear()
+        p = _target_prob(lm.logits_of(hidden), targets[prompt].to(lm.device)).cpu()
+        effects.view(N, n_heads)[prompt, head] = p - base[prompt]
+
     for g0 in range(0, N, G):
         gi, gm = ids[g0 : g0 + G], mask[g0 : g0 + G]
         n = gi.shape[0]
-        target = batch.target_ids[g0 : g0 + G, 0].to(lm.device)
         cache = lm.prefix_cache(gi, gm)
         with torch.no_grad():
-            p0 = _target_prob(lm.last_token(gi, gm, cache), target)
-            base[g0 : g0 + n] = p0.cpu()
-            for c0 in range(0, n_heads, R):
-                cl, ch = all_l[c0 : c0 + R], all_h[c0 : c0 + R]
+            if layer_start:
+                logits0, resid = lm.last_token_inputs(gi, gm, cache)
+            else:
+                logits0, resid = lm.last_token(gi, gm, cache), None
+            base[g0 : g0 + n] = _target_prob(logits0, targets[g0 : g0 + n].to(lm.device)).cpu()
+            for cl, ch, start in chunks:
                 r = len(cl)
                 rows = torch.arange(n * r)
+                res = resid[start].repeat_interleave(r, 0) if start else None
                 with lm.patch_heads(cl.repeat(n), ch.repeat(n), values[cl, ch].repeat(n, 1), rows=rows):
-                    logits = lm.last_token(gi, gm, cache, repeat=r)
-                p = _target_prob(logits, target.repeat_interleave(r)).view(n, r)
-                flat = effects[g0 : g0 + n].view(n, n_heads)
-                flat[:, c0 : c0 + r] = (p - p0.unsqueeze(1)).cpu()
+                    hidden = lm.last_token(gi, gm, cache, repeat=r, start_layer=start, residual=res,
+                                           hidden_only=True)
+                pending.append((hidden, torch.arange(g0, g0 + n).repeat_interleave(r), (cl * H + ch).repeat(n)))
+                if sum(len(x[0]) for x in pending) >= max_rows:
+                    unembed_pending()
                 if progress:
                     progress(n * r)
+    if pending:
+        unembed_pending()
     return effects, base

@@ -118,7 +118,8 @@ def extract_relation(
     if cfg.aie_impl == "reference":
         effects, _ = aie_reference(lm, batch, mean, progress=advance)
     elif cfg.aie_impl == "fast":
-        effects, _ = aie_fast(lm, batch, mean, max_rows=int(cfg.max_rows), progress=advance)
+        effects, _ = aie_fast(lm, batch, mean, max_rows=int(cfg.max_rows), progress=advance,
+                              layer_start=bool(cfg.get("layer_start", True)))
     else:
         raise ValueError(f"extract.aie_impl must be 'fast' or 'reference', got {cfg.aie_impl!r}")
     aie = effects.mean(0)

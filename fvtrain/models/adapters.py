@@ -185,7 +185,11 @@ class Adapter:
 
     def unembed(self, hidden: torch.Tensor) -> torch.Tensor:
         """Logits of residual-stream vectors: final norm, unembedding, and any logit soft-cap."""
-        logits = self.unembedding(self.final_norm(hidden))
+        return self.logits(self.final_norm(hidden))
+
+    def logits(self, normed: torch.Tensor) -> torch.Tensor:
+        """Logits of final-normed hidden states: unembedding and any logit soft-cap."""
+        logits = self.unembedding(normed)
         if self.logit_softcap:
             logits = torch.tanh(logits / self.logit_softcap) * self.logit_softcap
         return logits

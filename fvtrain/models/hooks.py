@@ -178,3 +178,71 @@ def patch_heads(
     finally:
         for h in handles:
             h.remove()
+
+
+def _hidden_arg(args: tuple, kwargs: dict) -> torch.Tensor:
+    return args[0] if args else kwargs["hidden_states"]
+
+
+@contextmanager
+def record_block_inputs(adapter: Adapter, positions: Positions = None) -> Iterator[dict]:
+    """Yield ``{"inputs": [L, B, d_model], "tuple": bool}``, filled by the next forward.
+
+    ``inputs[l]`` is the residual stream entering block ``l`` at each row's position (default the
+    last column); ``tuple`` says whether blocks return tuples (needed by :func:`start_at`).
+    """
+    out: dict = {"inputs": [None] * adapter.n_layers, "tuple": False}
+    handles = []
+
+    def make(l: int):
+        def pre_hook(module, args, kwargs):
+            x = _hidden_arg(args, kwargs)
+            cols = _columns(positions, x.shape[0], x.shape[1], x.device)
+            out["inputs"][l] = x[torch.arange(x.shape[0], device=x.device), cols].detach()
+
+        return pre_hook
+
+    def on_output(module, args, output):
+        out["tuple"] = isinstance(output, tuple)
+
+    try:
+        for l, block in enumerate(adapter.blocks):
+            handles.append(block.register_forward_pre_hook(make(l), with_kwargs=True))
+        handles.append(adapter.blocks[0].register_forward_hook(on_output))
+        yield out
+    finally:
+        for h in handles:
+            h.remove()
+    if all(x is not None for x in out["inputs"]):
+        out["inputs"] = torch.stack(out["inputs"])
+
+
+class _Skip(torch.nn.Module):
+    """Stands in for a block that must not run: passes its input through, or returns ``replace``."""
+
+    def __init__(self, as_tuple: bool, replace: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.as_tuple, self.replace = as_tuple, replace
+
+    def forward(self, *args, **kwargs):
+        hidden = _hidden_arg(args, kwargs) if self.replace is None else self.replace
+        return (hidden,) if self.as_tuple else hidden
+
+
+@contextmanager
+def start_at(adapter: Adapter, layer: int, residual: torch.Tensor, as_tuple: bool = False) -> Iterator[None]:
+    """Run only blocks ``layer..L-1``, feeding ``residual`` (``[B, T, d_model]``) to block ``layer``.
+
+    Valid when nothing before block ``layer`` differs from the run that recorded ``residual``
+    (e.g. a head patched at ``layer``): the skipped blocks would recompute it exactly. Their
+    cache entries are not extended, so the cache is for this one forward only.
+    """
+    adapter.check_layer(layer)
+    saved = [adapter.blocks[j] for j in range(layer)]
+    try:
+        for j in range(layer):
+            adapter.blocks[j] = _Skip(as_tuple, residual if j == layer - 1 else None)
+        yield
+    finally:
+        for j, block in enumerate(saved):
+            adapter.blocks[j] = block

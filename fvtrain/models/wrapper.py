@@ -51,6 +51,7 @@ class FrozenLM:
         self.tokenizer = tokenizer
         self.source = source or ModelSource(getattr(model.config, "_name_or_path", "model"), "object")
         self.adapter = Adapter(model)
+        self._blocks_return_tuple = False  # learnt by last_token_inputs, used by start_layer
 
     # -- geometry shortcuts ----------------------------------------------------------------
     @property
@@ -118,15 +119,38 @@ class FrozenLM:
             logits_to_keep=logits_to_keep,
         )
 
+    def body(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        past_key_values=None,
+        use_cache: bool = False,
+    ):
+        """The decoder stack without the unembedding; ``last_hidden_state`` is after the final
+        norm, so :meth:`logits_of` turns it into logits."""
+        dev = self.device
+        attention_mask = attention_mask.to(dev)
+        return self.model.base_model(
+            input_ids=input_ids.to(dev),
+            attention_mask=attention_mask,
+            position_ids=position_ids_for(attention_mask, input_ids.shape[1]),
+            past_key_values=past_key_values,
+            use_cache=use_cache or past_key_values is not None,
+        )
+
+    def logits_of(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits of final-normed hidden states (what :meth:`body` returns)."""
+        return self.adapter.logits(hidden)
+
     def prefix_cache(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
         """Keys/values of every column but the last (no gradient); reuse with :meth:`last_token`.
 
         Patching or injecting at the last token leaves every earlier position unchanged under
-        causal attention, so this prefix is shared by every variant of the last token.
+        causal attention, so this prefix is shared by every variant of the last token. Runs
+        the body only: a vocabulary-wide row per prompt would be wasted.
         """
         with torch.no_grad():
-            out = self.forward(input_ids[:, :-1], attention_mask[:, :-1], use_cache=True,
-                               logits_to_keep=1)
+            out = self.body(input_ids[:, :-1], attention_mask[:, :-1], use_cache=True)
         return out.past_key_values
 
     def last_token(
@@ -135,15 +159,33 @@ class FrozenLM:
         attention_mask: torch.Tensor,
         cache,
         repeat: int = 1,
+        start_layer: int = 0,
+        residual: torch.Tensor | None = None,
+        hidden_only: bool = False,
     ) -> torch.Tensor:
         """Logits ``[B * repeat, vocab]`` of the last column, run against a prefix cache.
 
         Rows come out prompt-major (``b * repeat + r``). A forward appends to the cache it is
         given, so it gets a shallow copy: appending and repeating build new tensors, and the
-        prefix tensors themselves are never written.
+        prefix tensors themselves are never written. With ``start_layer`` > 0 only blocks
+        ``start_layer..`` run, on ``residual`` (``[B * repeat, d_model]``, from
+        :meth:`last_token_inputs`): exact when the edit being measured sits at that layer.
+        ``hidden_only`` returns the final-normed hidden states ``[B * repeat, d_model]``
+        instead, for :meth:`logits_of` to unembed many of them at once.
         """
-        return self.continue_from(cache, input_ids[:, -1:], attention_mask, repeat=repeat,
-                                  logits_to_keep=1).logits[:, -1]
+        out = self.continue_from(cache, input_ids[:, -1:], attention_mask, repeat=repeat,
+                                 logits_to_keep=1, start_layer=start_layer, residual=residual,
+                                 hidden_only=hidden_only)
+        return out.last_hidden_state[:, -1] if hidden_only else out.logits[:, -1]
+
+    def last_token_inputs(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Last-column logits ``[B, vocab]`` and the residual entering every block ``[L, B, d]``."""
+        with torch.no_grad(), hooks.record_block_inputs(self.adapter) as rec:
+            logits = self.last_token(input_ids, attention_mask, cache)
+        self._blocks_return_tuple = rec["tuple"]
+        return logits, rec["inputs"]
 
     def continue_from(
         self,
@@ -152,19 +194,36 @@ class FrozenLM:
         attention_mask: torch.Tensor,
         repeat: int = 1,
         logits_to_keep: int | torch.Tensor = 1,
+        start_layer: int = 0,
+        residual: torch.Tensor | None = None,
+        hidden_only: bool = False,
     ):
         """Run ``new_ids`` (``[B, n]``) after a prefix cache; ``attention_mask`` covers both.
 
         Gradients flow into anything injected here (e.g. a trainable vector at column 0) while
-        the cached prefix stays constant. The cache itself is never modified.
+        the cached prefix stays constant. The cache itself is never modified. ``start_layer``
+        and ``residual`` skip the blocks below that layer (see :meth:`last_token`);
+        ``hidden_only`` runs :meth:`body` (no logits).
         """
         c = _fresh_view(cache)
         if repeat > 1:
-            c.batch_repeat_interleave(repeat)
+            # Skipped blocks never read their cache entries: repeat only the ones that run.
+            for layer in c.layers[start_layer:]:
+                layer.batch_repeat_interleave(repeat)
             new_ids = new_ids.repeat_interleave(repeat, 0)
             attention_mask = attention_mask.repeat_interleave(repeat, 0)
-        return self.forward(new_ids, attention_mask, past_key_values=c,
-                            logits_to_keep=logits_to_keep)
+        def run():
+            if hidden_only:
+                return self.body(new_ids, attention_mask, past_key_values=c)
+            return self.forward(new_ids, attention_mask, past_key_values=c, logits_to_keep=logits_to_keep)
+
+        if start_layer == 0:
+            return run()
+        if residual is None or residual.shape[0] != new_ids.shape[0]:
+            raise ValueError(f"start_layer={start_layer} needs a residual with {new_ids.shape[0]} rows")
+        with hooks.start_at(self.adapter, start_layer, residual.to(self.dtype).unsqueeze(1),
+                            self._blocks_return_tuple):
+            return run()
 
     def batch(
         self,
