@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -38,7 +39,13 @@ def test_pipeline_smoke_writes_every_artifact(tmp_path):
     report = (run / "report.md").read_text()
     pngs = [p for p in run.rglob("*.png")]
     assert pngs and all(is_png(p) for p in pngs)
-    assert "figures" in report or ".png" in report
+    assert report.startswith(f"# fvtrain report: main job `{run}`")
+    for stage in ("extract", "train", "compose", "eval"):
+        assert f"## Stage `{stage}`" in report
+    linked = re.findall(r"!\[[^\]]*\]\(([^)]+\.png)\)", report)
+    assert len(linked) >= 4 and all(is_png(run / p) for p in linked)
+    assert "aie_heatmap.png" in report and "composition_schemes.png" in report
+    assert len((run / "metrics.csv").read_text().strip().splitlines()) == 1 + 4  # header + a row per stage
     assert (run / "config.yaml").is_file()
     out = proc.stdout
     assert "Relation completion" in out and "Analogies" in out and "report:" in out

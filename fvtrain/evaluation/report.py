@@ -9,6 +9,7 @@ What a folder holds is detected from its files:
 * **compose** (``fvtrain-compose``): ``metrics.json`` with ``methods`` (analogy accuracy by scheme);
 * **eval** (``fvtrain-eval``): ``metrics.json`` with ``alignment`` and/or ``decoding`` (and
   ``alignment_points.json`` for the scatter plots);
+* a **main job** folder (``fvtrain``): ``pipeline.json`` and one folder per stage;
 * a **multirun** folder: numbered job folders, each with ``.hydra/overrides.yaml``.
 
 Figures a run did not write are generated from its saved data (AIE heatmaps from
@@ -71,7 +72,7 @@ class Job:
 @dataclass
 class Report:
     path: Path
-    kind: str  # "run" or "multirun"
+    kind: str  # "run", "pipeline" (the main job's stage folders) or "multirun"
     jobs: list[Job]
     report_md: Path
     metrics_csv: Path
@@ -164,6 +165,16 @@ def find_jobs(path: str | Path, max_depth: int = 4) -> tuple[str, list[Job], lis
             elif depth > 1:
                 walk(sub, depth - 1)
 
+    if (root / "pipeline.json").is_file():
+        # The main job: its stage folders, in the order they ran.
+        order = json.loads((root / "pipeline.json").read_text()).get("stages") or []
+        found = [root / st for st in order if (root / st / "metrics.json").is_file()]
+        if found:
+            jobs = []
+            for f in found:
+                m = _read_metrics(f)
+                jobs.append(Job(f, f.name, None, _read_overrides(root), m, detect_stages(f, m)))
+            return "pipeline", jobs, []
     walk(root, max_depth)
     if not found:
         extra = (f" ({len(incomplete)} job folder(s) without metrics.json: failed or still running?)"
@@ -593,6 +604,18 @@ def build_report(path: str | Path, out: str | Path | None = None, refresh: bool 
         text, f = job_section(job, out, 1, refresh, made)
         md.append(text)
         figs += f
+    elif kind == "pipeline":
+        info = json.loads((root / "pipeline.json").read_text())
+        secs = info.get("seconds") or {}
+        md.append(f"# fvtrain report: main job `{root}`")
+        md.append("Stages, each in its own folder:\n\n" + _md_table(
+            ["stage", "folder", "seconds"],
+            [[st, f"[{st}/]({_link(root / st, out)})" if (root / st).is_dir() else "(this report)", secs.get(st)]
+             for st in info.get("stages", [])]))
+        for j in jobs:
+            text, f = job_section(j, out, 3, refresh, made)
+            md.append(f"## Stage `{j.name}`\n\n{text}")
+            figs += f
     else:
         swept = swept_keys(jobs)
         md.append(f"# fvtrain report: multirun `{root}`")
