@@ -93,17 +93,21 @@ def pipeline(cfg: DictConfig) -> dict:
                 cfg.vectors.ffv = str(out / "train")
         with stage_folder(out / "eval") as f:
             timed("eval", lambda: evaluate(cfg, f))
+    from fvtrain.artifacts import write_json
+
+    def record() -> None:
+        write_json(out / "pipeline.json", {"stages": stages, "seconds": times,
+                                           "folders": {s: str(out / s) for s in stages if s != "report"}})
+
     if "report" in stages:
         from fvtrain.evaluation.report import build_report
 
+        record()  # the report reads the stages and their times from it
         t0 = time.perf_counter()
         rep = build_report(out, None, False)
         times["report"] = time.perf_counter() - t0
         results["report"] = str(rep.report_md)
-    from fvtrain.artifacts import write_json
-
-    write_json(out / "pipeline.json", {"stages": stages, "seconds": times,
-                                       "folders": {s: str(out / s) for s in stages if s != "report"}})
+    record()
     _summary(results, times)
     if "report" in results:
         print(f"report: {results['report']}")
