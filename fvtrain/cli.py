@@ -141,6 +141,15 @@ def load_relations(data_cfg: DictConfig):
     return ds
 
 
+def name_list(value: Any) -> list[str] | None:
+    """A config list of names, also given as one comma-separated string (``a,b``); None stays None."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    return [str(v) for v in value]
+
+
 def check_devices(cfg: DictConfig) -> None:
     """Refuse a model device or trainer accelerator this machine does not have.
 

@@ -32,19 +32,11 @@ SCHEME_ORDER = ("uniform", "softmax", "top1", "affine")
 BASELINES = ("none", "one_shot", "oracle")
 
 
-def _names(value: Any) -> list[str] | None:
-    if value is None:
-        return None
-    if isinstance(value, str):
-        return [v.strip() for v in value.split(",") if v.strip()]
-    return [str(v) for v in value]
-
-
 def load_analogies(a_cfg: DictConfig, seed: int):
     """Read ``analogies.path`` and apply the relation / distance / max_items filters."""
     from fvtrain.data.readers import read
 
-    ds = read(a_cfg.path, a_cfg.get("format"), _names(a_cfg.get("relations")))
+    ds = read(a_cfg.path, a_cfg.get("format"), cli.name_list(a_cfg.get("relations")))
     items = list(ds.analogies)
     if not items:
         raise cli.ConfigError(
@@ -66,12 +58,12 @@ def load_analogies(a_cfg: DictConfig, seed: int):
 
 
 def _check_config(cfg: DictConfig) -> tuple[list[str], list[str]]:
-    also = _names(cfg.compose.get("also")) or []
+    also = cli.name_list(cfg.compose.get("also")) or []
     bad = [n for n in also if n not in ("uniform", "softmax", "top1")]
     if bad:
         raise cli.ConfigError(f"compose.also may list uniform, softmax and top1 (fixed schemes), got {bad}; "
                               "a trained scheme is chosen with composition=affine")
-    baselines = _names(cfg.compose.get("baselines")) or []
+    baselines = cli.name_list(cfg.compose.get("baselines")) or []
     bad = [n for n in baselines if n not in BASELINES]
     if bad:
         raise cli.ConfigError(f"unknown baseline(s) {bad}; available: {', '.join(BASELINES)}")
@@ -111,7 +103,7 @@ def training_analogies(cfg: DictConfig, bank, eval_items, template, seed: int):
 
     a_cfg = cfg.analogies
     if a_cfg.get("train_path"):
-        ds = read(a_cfg.train_path, a_cfg.get("train_format"), _names(a_cfg.get("relations")))
+        ds = read(a_cfg.train_path, a_cfg.get("train_format"), cli.name_list(a_cfg.get("relations")))
         if not ds.analogies:
             raise cli.ConfigError(f"analogies.train_path={a_cfg.train_path!r} holds no analogy items")
         return list(ds.analogies), f"file {a_cfg.train_path}"
@@ -155,7 +147,7 @@ def compose(cfg: DictConfig) -> dict:
     template = PromptTemplate(cfg.prompt.template)
     also, baselines = _check_config(cfg)
     # Everything that can be checked without the model is checked first.
-    bank = load_bank(cfg.basis.path, _names(cfg.basis.relations))
+    bank = load_bank(cfg.basis.path, cli.name_list(cfg.basis.relations))
     geo = cli.check_geometry(cfg, None)
     if not 0 <= bank.layer < geo["n_layers"]:
         raise cli.ConfigError(f"the bank at {bank.path} injects at layer {bank.layer}, but "

@@ -58,14 +58,6 @@ class VectorSet:
         return {m.get("model_id") for m in self.manifests.values() if m.get("model_id")}
 
 
-def _names(value: Any) -> list[str] | None:
-    if value is None:
-        return None
-    if isinstance(value, str):
-        return [v.strip() for v in value.split(",") if v.strip()]
-    return [str(v) for v in value]
-
-
 def resolve_vector_folder(path: str | Path, kind: str) -> tuple[Path, Path | None]:
     """``(folder of vectors, run folder or None)`` for ``vectors.<kind>=path``."""
     from fvtrain.artifacts import list_vectors
@@ -124,7 +116,7 @@ def load_vector_set(path: str | Path, kind: str, relations: list[str] | None = N
 
 
 def load_vector_sets(cfg: DictConfig) -> dict[str, VectorSet]:
-    rels = _names(cfg.vectors.get("relations"))
+    rels = cli.name_list(cfg.vectors.get("relations"))
     sets = {k: load_vector_set(cfg.vectors[k], k, rels) for k in KINDS if cfg.vectors.get(k)}
     if not sets:
         raise cli.ConfigError(
@@ -148,7 +140,7 @@ def load_judgments(j_cfg: DictConfig):
 
     if not j_cfg.get("path"):
         return None
-    ds = read(j_cfg.path, j_cfg.get("format"), _names(j_cfg.get("relations")))
+    ds = read(j_cfg.path, j_cfg.get("format"), cli.name_list(j_cfg.get("relations")))
     if not ds.judgments and not ds.prototypicality:
         raise cli.ConfigError(
             f"judgments.path={j_cfg.path!r} holds no human judgments ({ds.format} format: "
@@ -411,7 +403,7 @@ def _pair_level(lm, cfg, sets, ds, pairs_all, template, bar, seed, exclude=None)
     from fvtrain.evaluation import alignment as al
 
     a_cfg = cfg.alignment
-    reps_wanted = _names(a_cfg.representations) or ["weights"]
+    reps_wanted = cli.name_list(a_cfg.representations) or ["weights"]
     bad = [r for r in reps_wanted if r not in ("weights", "cfv")]
     if bad:
         raise cli.ConfigError(f"alignment.representations may list weights and cfv, got {bad}")

@@ -123,19 +123,25 @@ def alignment_scatter(panels: Sequence[Mapping], path: str | Path, cols: int | N
     return _save(fig, path)
 
 
-def correlation_bars(values: Mapping[str, Mapping[str, float]], path: str | Path, title: str,
-                     ylabel: str = "Spearman correlation") -> Path:
-    """``values[group][series]`` correlations in [-1, 1] as grouped bars (e.g. subtype x FV/FFV)."""
+def _grouped_bars(values: Mapping[str, Mapping[str, float]], label):
+    """``values[group][series]`` as side-by-side bars per group; missing values are gaps."""
     groups = list(values)
     series = list(dict.fromkeys(s for g in values.values() for s in g))
     width = 0.8 / max(1, len(series))
     fig, ax = plt.subplots(figsize=(min(18, max(6, 0.35 * len(groups) * max(1, len(series)))), 4))
     for j, s in enumerate(series):
         xs = [i + (j - (len(series) - 1) / 2) * width for i in range(len(groups))]
-        ax.bar(xs, [values[g].get(s, float("nan")) for g in groups], width, label=s.upper())
-    ax.axhline(0, color="black", lw=0.8)
+        ax.bar(xs, [values[g].get(s, float("nan")) for g in groups], width, label=label(s))
     ax.set_xticks(range(len(groups)))
     ax.set_xticklabels(groups, rotation=45, ha="right", fontsize=8)
+    return fig, ax
+
+
+def correlation_bars(values: Mapping[str, Mapping[str, float]], path: str | Path, title: str,
+                     ylabel: str = "Spearman correlation") -> Path:
+    """``values[group][series]`` correlations in [-1, 1] as grouped bars (e.g. subtype x FV/FFV)."""
+    fig, ax = _grouped_bars(values, str.upper)
+    ax.axhline(0, color="black", lw=0.8)
     ax.set_ylabel(ylabel)
     ax.set_ylim(-1.02, 1.02)
     ax.set_title(title, fontsize=10)
@@ -145,16 +151,8 @@ def correlation_bars(values: Mapping[str, Mapping[str, float]], path: str | Path
 
 def rank_bars(ranks: Mapping[str, Mapping[str, int]], path: str | Path, title: str) -> Path:
     """``ranks[relation][series]`` (1 = best) as grouped bars on a log axis, lower is better."""
-    groups = list(ranks)
-    series = list(dict.fromkeys(s for g in ranks.values() for s in g))
-    width = 0.8 / max(1, len(series))
-    fig, ax = plt.subplots(figsize=(min(18, max(6, 0.35 * len(groups) * max(1, len(series)))), 4))
-    for j, s in enumerate(series):
-        xs = [i + (j - (len(series) - 1) / 2) * width for i in range(len(groups))]
-        ax.bar(xs, [ranks[g].get(s, float("nan")) for g in groups], width, label=s)
+    fig, ax = _grouped_bars(ranks, str)
     ax.set_yscale("log")
-    ax.set_xticks(range(len(groups)))
-    ax.set_xticklabels(groups, rotation=45, ha="right", fontsize=8)
     ax.set_ylabel("best rank (log scale)")
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8)
