@@ -73,7 +73,7 @@ def main() -> int:
     from fvtrain.data.splits import split_relation
     from fvtrain.extraction import aie_fast
     from fvtrain.models import load_model
-    from fvtrain.modules.ffv import FFVModule
+    from fvtrain.training.module import FFVModule
     from fvtrain.prompts import PromptTemplate, make_batch, sample_icl_prompts
 
     t0 = time.perf_counter()

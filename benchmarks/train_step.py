@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fvtrain.data import builtin_sets  # noqa: E402
 from fvtrain.models import load_model  # noqa: E402
-from fvtrain.modules.ffv import FFVModule  # noqa: E402
-from fvtrain.prompts import PromptTemplate, make_batch, shuffled_icl, zero_shot  # noqa: E402
+from fvtrain.training.module import FFVModule  # noqa: E402
+from fvtrain.prompts import PromptTemplate, make_batch, sample_demos, shuffled_icl, zero_shot  # noqa: E402
 
 BARS = {"zero_shot": 3.0, "shuffled_10": 10.0}
 
@@ -44,8 +44,7 @@ def build_batches(lm, n_relations: int, per_relation: int, shots: int, seed: int
         rng.shuffle(pairs)
         train = pairs[:20]
         for p in train[:per_relation]:
-            pool = [q for q in train if q.x != p.x]
-            demos = [(q.x, q.answers[0]) for q in rng.sample(pool, shots)]
+            demos = sample_demos(train, p.x, shots, rng)
             zs.append(zero_shot(t, p.x))
             sh.append(shuffled_icl(t, demos, p.x, rng))
             ans.append(list(p.answers))

@@ -1,5 +1,7 @@
-"""Shared plumbing of the Hydra entry points: config discovery, overrides, model and data set-up,
-run folders and the closing summary table."""
+"""Hydra plumbing of the entry points: config discovery, ``model=`` shorthands, running an app,
+composing a config outside one (tests, notebooks), and the one-line report of a refused config.
+
+Only entry points import this module; library code raises :class:`fvtrain.errors.ConfigError`."""
 
 from __future__ import annotations
 
@@ -9,19 +11,16 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 log = logging.getLogger("fvtrain")
 
 CONFIG_ENV = "FVTRAIN_CONFIG_DIR"
 
+from fvtrain.errors import ConfigError  # noqa: E402,F401  (re-exported for scripts and tests)
 from fvtrain.launchers import register as _register_launchers  # noqa: E402
 
 _register_launchers()
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot run; raised before any model work starts."""
 
 
 def config_dir() -> Path:
@@ -107,124 +106,15 @@ def output_dir() -> Path:
     return Path(HydraConfig.get().runtime.output_dir)
 
 
-def save_resolved_config(cfg: DictConfig, out: Path) -> None:
-    from fvtrain.artifacts import _atomic
+def pin_run_dir(out: Path) -> None:
+    """Lightning re-launches ``ddp`` ranks with ``hydra.run.dir`` read from Hydra's config; resolve
+    it now so that a rank started a second later does not make its own timestamped folder."""
+    from hydra.core.hydra_config import HydraConfig
 
-    text = OmegaConf.to_yaml(cfg, resolve=True)
-    _atomic(out / "config.yaml", lambda tmp: Path(tmp).write_text(text))
-
-
-def seed_everything(seed: int) -> None:
-    import lightning
-
-    lightning.seed_everything(seed, workers=True, verbose=False)
-
-
-def load_model(cfg: DictConfig):
-    """Instantiate ``cfg.model`` (a ``fvtrain.models.load_model`` node) into a FrozenLM."""
-    from hydra.utils import instantiate
-
-    log.info("loading model %s", cfg.model.name)
-    return instantiate(cfg.model)
-
-
-def load_relations(data_cfg: DictConfig):
-    """Read ``data.path`` (format detected or ``data.format``) and select ``data.relations``."""
-    from fvtrain.data.readers import read
-
-    relations = data_cfg.get("relations")
-    if relations is not None and not isinstance(relations, str):
-        relations = list(relations)
-    ds = read(data_cfg.path, data_cfg.get("format"), relations)
-    if not ds.relations:
-        raise ConfigError(f"{data_cfg.path}: no relations to work on (data.relations={relations})")
-    return ds
-
-
-def name_list(value: Any) -> list[str] | None:
-    """A config list of names, also given as one comma-separated string (``a,b``); None stays None."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        return [v.strip() for v in value.split(",") if v.strip()]
-    return [str(v) for v in value]
-
-
-def check_devices(cfg: DictConfig) -> None:
-    """Refuse a model device or trainer accelerator this machine does not have.
-
-    Runs before any weights load, so a sweep over GPU settings submitted to the wrong machine
-    fails in seconds with a message, not after minutes of loading.
-    """
-    import torch
-
-    n_gpu = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    have = f"{n_gpu} CUDA device{'s' if n_gpu != 1 else ''}"
-    device = str(cfg.get("model", {}).get("device") or "cpu")
-    if device.startswith("cuda"):
-        index = int(device.split(":", 1)[1]) if ":" in device else 0
-        if index >= n_gpu:
-            raise ConfigError(
-                f"model.device={device}, but this machine has {have}; "
-                + ("use model.device=cpu (and trainer=cpu)" if n_gpu == 0
-                   else f"use model.device=cuda:0..cuda:{n_gpu - 1}")
-            )
-    elif device == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError("model.device=mps, but MPS is not available here; use model.device=cpu")
-    trainer = cfg.get("trainer")
-    if trainer is None or str(trainer.get("accelerator")) not in ("gpu", "cuda"):
+    if not HydraConfig.initialized():
         return
-    if n_gpu == 0:
-        raise ConfigError(
-            f"trainer.accelerator={trainer.accelerator}, but this machine has no CUDA device; "
-            "use trainer=cpu (or trainer=ddp_sim for 2 CPU processes)"
-        )
-    devices = trainer.get("devices")
-    wanted = (len(devices) if not isinstance(devices, (int, str)) else
-              int(devices) if str(devices).lstrip("-").isdigit() else None)
-    if wanted is not None and wanted > n_gpu:
-        raise ConfigError(
-            f"trainer.devices={devices} GPUs requested, but this machine has {have}; "
-            f"set trainer.devices={n_gpu} (or -1 for all)"
-        )
-
-
-def check_geometry(cfg: DictConfig, layer: int | None, k: int | None = None) -> dict[str, int]:
-    """Validate devices, then layer and k against the model's config, without loading weights."""
-    from fvtrain.models.loading import config_geometry, load_config
-
-    check_devices(cfg)
-
-    geo = config_geometry(load_config(cfg.model.name, cfg.model.get("revision"),
-                                      cfg.model.get("trust_remote_code", False)))
-    L, H = geo["n_layers"], geo["n_heads"]
-    if layer is not None and not 0 <= int(layer) < L:
-        raise ConfigError(
-            f"layer {layer} is out of range for {cfg.model.name} with {L} layers "
-            f"(valid: 0..{L - 1}); set e.g. extract.layer={round(L / 3)}"
-        )
-    if k is not None and not 1 <= int(k) <= L * H:
-        raise ConfigError(
-            f"k={k} heads requested, but {cfg.model.name} has {L * H} heads ({L} layers x {H}); "
-            f"set extract.k to at most {L * H}"
-        )
-    return geo
-
-
-def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    t = Table(title=title)
-    for i, c in enumerate(columns):
-        t.add_column(c, justify="left" if i == 0 else "right")
-    for r in rows:
-        t.add_row(*[f"{v:.3f}" if isinstance(v, float) else str(v) for v in r])
-    Console().print(t)
-
-
-def progress():
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), transient=False)
+    hc = HydraConfig.get()
+    OmegaConf.set_readonly(hc, False)
+    with open_dict(hc):
+        hc.run.dir = str(out)
+    OmegaConf.set_readonly(hc, True)

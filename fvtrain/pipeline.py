@@ -7,18 +7,19 @@
 Stages, each in its own subfolder of the run folder: ``extract/`` (FVs by causal mediation),
 ``train/`` (FFVs; ``train/bank/`` is the basis bank), ``compose/`` (CFVs and analogies),
 ``eval/`` (logit-lens decoding, and alignment when ``judgments.path`` is set), then ``report.md``
-with figures and ``metrics.csv`` at the top of the run folder. ``stages=[...]`` runs a subset.
+with figures and ``metrics.csv`` at the top of the run folder. ``stages=[...]`` runs a subset; a
+stage that is not run but whose folder exists (an earlier run into the same folder) is used as input.
+The model is loaded once, by the first stage that needs it.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable
 
-from omegaconf import DictConfig, open_dict, read_write
+from omegaconf import DictConfig
 
 from fvtrain import cli
 
@@ -26,24 +27,7 @@ log = logging.getLogger("fvtrain.pipeline")
 STAGES = ("extract", "train", "compose", "eval", "report")
 
 
-@contextmanager
-def stage_folder(out: Path) -> Iterator[Path]:
-    """Point the Hydra run folder at ``out`` while one stage runs (stages read it from Hydra)."""
-    from hydra.core.hydra_config import HydraConfig
-
-    hc = HydraConfig.get()
-    before = hc.runtime.output_dir
-    out.mkdir(parents=True, exist_ok=True)
-    with read_write(hc), open_dict(hc):
-        hc.runtime.output_dir = str(out)
-    try:
-        yield out
-    finally:
-        with read_write(hc), open_dict(hc):
-            hc.runtime.output_dir = before
-
-
-def _check(cfg: DictConfig) -> list[str]:
+def check_stages(cfg: DictConfig) -> list[str]:
     stages = [str(s) for s in cfg.stages]
     unknown = [s for s in stages if s not in STAGES]
     if unknown:
@@ -51,93 +35,87 @@ def _check(cfg: DictConfig) -> list[str]:
     return [s for s in STAGES if s in stages]
 
 
-def pipeline(cfg: DictConfig) -> dict:
-    """Run the configured stages in order; returns ``{stage: metrics}`` and per-stage times."""
-    from fvtrain.compose import compose
-    from fvtrain.evaluate import evaluate
-    from fvtrain.extract import extract
-    from fvtrain.train import train
+def pipeline(cfg: DictConfig, out: Path | None = None) -> dict:
+    """Run the configured stages in order; returns ``{"results": {stage: metrics}, "seconds": ...}``."""
+    from fvtrain import runs
+    from fvtrain.artifacts import write_json
+    from fvtrain.composition import job as compose_job
+    from fvtrain.evaluation import job as eval_job
+    from fvtrain.extraction import job as extract_job
+    from fvtrain.runtime import LazyModel
+    from fvtrain.training import job as train_job
+    from fvtrain.training.trainer import finish_wandb
 
-    out = cli.output_dir()
-    stages = _check(cfg)
-    cli.save_resolved_config(cfg, out)
-    results: dict = {}
+    out = Path(out) if out is not None else cli.output_dir()
+    stages = check_stages(cfg)
+    runs.save_config(cfg, out)
+    cli.pin_run_dir(out)
+    lm = LazyModel(cfg.model)
+    results: dict[str, Any] = {}
     times: dict[str, float] = {}
 
-    def timed(name, fn):
+    def timed(name: str, fn: Callable[[], Any]) -> None:
         t0 = time.perf_counter()
         log.info("stage %s -> %s", name, out / name)
         results[name] = fn()
         times[name] = time.perf_counter() - t0
 
+    def existing(stage: str) -> Path | None:
+        """The folder of ``stage``: this run's result, or one left by an earlier run."""
+        if stage in results:
+            return results[stage].out
+        return out / stage if (out / stage).is_dir() else None
+
     if "extract" in stages:
-        with stage_folder(out / "extract") as f:
-            timed("extract", lambda: extract(cfg, f))
+        timed("extract", lambda: extract_job.run(cfg, out / "extract", lm))
     if "train" in stages:
-        with open_dict(cfg):
-            if (out / "extract").is_dir():
-                cfg.ffv.fv_run = str(out / "extract")
-        with stage_folder(out / "train"):
-            timed("train", lambda: train(cfg))
+        def train():
+            try:
+                return train_job.run(cfg, out / "train", lm, fv_source=existing("extract"))
+            finally:
+                finish_wandb()
+        timed("train", train)
     if "compose" in stages:
-        with open_dict(cfg):
-            if cfg.basis.path is None:
-                cfg.basis.path = str(out / "train")
-        with stage_folder(out / "compose"):
-            timed("compose", lambda: compose(cfg))
+        basis = cfg.basis.path if cfg.basis.path is not None else existing("train")
+        timed("compose", lambda: compose_job.run(cfg, out / "compose", lm, basis=basis))
     if "eval" in stages:
-        with open_dict(cfg):
-            if cfg.vectors.fv is None and (out / "extract").is_dir():
-                cfg.vectors.fv = str(out / "extract")
-            if cfg.vectors.ffv is None and (out / "train").is_dir():
-                cfg.vectors.ffv = str(out / "train")
-        with stage_folder(out / "eval") as f:
-            timed("eval", lambda: evaluate(cfg, f))
-    from fvtrain.artifacts import write_json
+        vectors = {"fv": cfg.vectors.fv or existing("extract"), "ffv": cfg.vectors.ffv or existing("train")}
+        timed("eval", lambda: eval_job.run(cfg, out / "eval", lm, vectors={k: v for k, v in vectors.items() if v}))
 
     def record() -> None:
-        write_json(out / "pipeline.json", {"stages": stages, "seconds": times,
-                                           "folders": {s: str(out / s) for s in stages if s != "report"}})
+        write_json(out / runs.PIPELINE, {"stages": stages, "seconds": times,
+                                         "folders": {s: str(out / s) for s in stages if s != "report"}})
 
+    report = None
     if "report" in stages:
-        from fvtrain.evaluation.report import build_report
+        from fvtrain.reporting.report import build_report
 
         record()  # the report reads the stages and their times from it
         t0 = time.perf_counter()
-        rep = build_report(out, None, False)
+        report = build_report(out, None, False)
         times["report"] = time.perf_counter() - t0
-        results["report"] = str(rep.report_md)
     record()
-    _summary(results, times)
-    if "report" in results:
-        print(f"report: {results['report']}")
-    return {"results": results, "seconds": times}
+    summary(results, times)
+    if report is not None:
+        print(f"report: {report.report_md}")
+    metrics = {name: r.metrics for name, r in results.items()}
+    if report is not None:
+        metrics["report"] = str(report.report_md)
+    return {"results": metrics, "seconds": times, "model_loads": lm.loads}
 
 
-def _summary(results: dict, times: dict) -> None:
+def summary(results: dict, times: dict) -> None:
     """The closing tables: relation completion by method, analogies by scheme and distance."""
-    tr = results.get("train")
-    if tr and "zero_shot_acc" in tr:
-        table = tr["zero_shot_acc"]
-        cols = list(table["methods"])
-        rows = [[name, *[_acc(r.get(m)) for m in cols]] for name, r in table["relations"].items()]
-        mean = tr.get("mean", {})
-        rows.append(["mean", *[_acc(mean.get("zero_shot", {}).get(m, mean.get(m))) for m in cols]])
-        cli.print_table("Relation completion, zero-shot test accuracy", ["relation", *cols], rows)
-    co = results.get("compose")
-    if co and "methods" in co:
-        rows = []
-        for name, m in co["methods"].items():
-            rows.append([name, *[_acc(m.get(k, {}).get(d)) for k in ("open", "mc") for d in ("near", "far")]])
-        cli.print_table("Analogies (accuracy)", ["method", "open near", "open far", "MC near", "MC far"], rows)
+    from fvtrain.composition.tables import analogy_table
+    from fvtrain.console import print_table
+    from fvtrain.training.tables import completion_table
+
+    if "train" in results and results["train"].metrics:
+        completion_table(results["train"].metrics, "Relation completion, zero-shot test accuracy").print()
+    if "compose" in results:
+        analogy_table(results["compose"].metrics).print()
     if times:
-        cli.print_table("Stage times", ["stage", "seconds"], [[k, v] for k, v in times.items()])
-
-
-def _acc(v) -> float | str:
-    if isinstance(v, dict):
-        v = v.get("acc", v.get("all"))
-    return float(v) if isinstance(v, (int, float)) else "-"
+        print_table("Stage times", ["stage", "seconds"], [[k, v] for k, v in times.items()])
 
 
 def main() -> None:

@@ -212,6 +212,21 @@ def make_batch(
     return PromptBatch(input_ids, attn, P, target_ids, target_mask, firsts, dict(meta or {}))
 
 
+def sample_demos(pool: Sequence, query_x: str, n: int, rng: random.Random) -> list[tuple[str, str]]:
+    """``n`` demonstrations ``(x, first answer)`` drawn from ``pool``, never the query's own pair.
+
+    The one recipe for demonstrations: extraction, training, evaluation and the benchmarks all call
+    it, so the same seed gives the same prompts everywhere.
+    """
+    cands = [p for p in pool if p.x != query_x]
+    if len(cands) < n:
+        raise ValueError(
+            f"{n}-shot prompts need at least {n} demonstration pairs besides the query, but only "
+            f"{len(cands)} are available; lower n_shots or add pairs"
+        )
+    return [(p.x, p.answers[0]) for p in rng.sample(cands, n)]
+
+
 def sample_icl_prompts(
     template: PromptTemplate,
     demo_pool: Sequence,
@@ -227,13 +242,7 @@ def sample_icl_prompts(
     """
     out = []
     for q in queries:
-        pool = [p for p in demo_pool if p.x != q.x]
-        if len(pool) < n_shots:
-            raise ValueError(
-                f"{n_shots}-shot prompts need at least {n_shots} demonstration pairs besides the "
-                f"query, but only {len(pool)} are available; lower n_shots or add pairs"
-            )
-        demos = [(p.x, p.answers[0]) for p in rng.sample(pool, n_shots)]
+        demos = sample_demos(demo_pool, q.x, n_shots, rng)
         prompt = shuffled_icl(template, demos, q.x, rng) if shuffled else icl(template, demos, q.x)
         out.append((prompt, tuple(q.answers)))
     return out

@@ -32,7 +32,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from fvtrain.evaluation.report import ReportError, build_report, summary_rows
+    from fvtrain.reporting.report import ReportError, build_report, summary_rows
 
     try:
         rep = build_report(args.path, args.out, args.refresh)

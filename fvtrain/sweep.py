@@ -64,7 +64,7 @@ def print_summary(sweep_dir: Path) -> int:
     path = sweep_dir / SUMMARY
     if not path.is_file():
         return 0
-    from fvtrain.cli import print_table
+    from fvtrain.console import print_table
 
     jobs = json.loads(path.read_text())["jobs"]
     print_table(f"Sweep {sweep_dir}", ["job", "overrides", "status", "error"],

@@ -187,7 +187,7 @@ def test_decoding_only_with_a_words_file(data, tmp_path):
      "unknown relation 'nope'"),
 ])
 def test_bad_input_fails_before_the_model_loads(data, tmp_path, monkeypatch, overrides, error, message):
-    import fvtrain.cli
+    import fvtrain.runtime
 
     root = data["root"]
     wrong = make_vectors(root / f"wrong_{len(overrides)}", "fv", 2, model="gemma3-270m")
@@ -200,10 +200,10 @@ def test_bad_input_fails_before_the_model_loads(data, tmp_path, monkeypatch, ove
     fmt = {"root": root, "fv": data["fv"], "wrong": wrong, "relsim": data["relsim"], "unknown": unknown}
     overrides = [o.format(**fmt) for o in overrides]
 
-    def no_model(cfg):
+    def no_model(self):
         raise AssertionError("the model was loaded before the input was checked")
 
-    monkeypatch.setattr(fvtrain.cli, "load_model", no_model)
+    monkeypatch.setattr(fvtrain.runtime.LazyModel, "__call__", no_model)
     with pytest.raises(Exception) as err:
         _eval(tmp_path / "run", *overrides)
     assert type(err.value).__name__ == error

@@ -35,7 +35,7 @@ from fvtrain.data.splits import save_splits, split_hash, split_relation
 from fvtrain.data.types import AnalogyItem, Pair
 from fvtrain.evaluation.analogy import AnalogyEncodingError, check_encodable, evaluate_items, summarise
 from fvtrain.models import load_model
-from fvtrain.modules.combiner import AffineCombiner
+from fvtrain.composition.combiner import AffineCombiner
 from fvtrain.prompts import PromptTemplate, icl, make_batch, zero_shot
 
 T = PromptTemplate()
@@ -422,9 +422,9 @@ def test_composition_group_instantiates(name):
 
     cfg = _cfg(f"composition={name}")
     assert cfg.composition.name == name
-    from fvtrain.compose import _scheme_kwargs
+    from fvtrain.composition.job import scheme_kwargs
 
-    scheme = instantiate(cfg.composition.scheme, **_scheme_kwargs(cfg.composition, 5))
+    scheme = instantiate(cfg.composition.scheme, **scheme_kwargs(cfg.composition, 5))
     assert scheme.name == name
     w = scheme.weights(torch.randn(2, 5))
     assert w.shape == (2, 5)
@@ -495,8 +495,9 @@ def test_compose_job_writes_metrics_predictions_and_figure(tmp_path, tiny_llama)
 
 def test_compose_job_bad_input_fails_before_the_model_loads(tmp_path, monkeypatch):
     import fvtrain.cli as cli
+    from fvtrain.runtime import LazyModel
 
-    monkeypatch.setattr(cli, "load_model", lambda cfg: pytest.fail("model loaded"))
+    monkeypatch.setattr(LazyModel, "__call__", lambda self: pytest.fail("model loaded"))
     with pytest.raises(BankError, match="no basis bank given"):
         run_compose(tmp_path)
     (tmp_path / "empty").mkdir()
@@ -515,7 +516,7 @@ def test_compose_job_bad_input_fails_before_the_model_loads(tmp_path, monkeypatc
 
 
 def test_training_analogies_sources(tmp_path, tiny_llama):
-    from fvtrain.compose import training_analogies
+    from fvtrain.composition.job import training_analogies
 
     make_bank(tmp_path / "run" / "vectors", tiny_llama)
     bank = load_bank(tmp_path / "run")

@@ -83,7 +83,8 @@ NO_GPU = pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="che
     ("pipeline", ["experiment=gptj_paper"], "model.device=cuda, but this machine has 0 CUDA devices"),
 ])
 def test_missing_devices_fail_before_the_model_loads(config, overrides, message):
-    from fvtrain.cli import ConfigError, check_geometry
+    from fvtrain.errors import ConfigError
+    from fvtrain.preflight import check_geometry
 
     cfg = compose(config, ["model=tiny-llama", *overrides] if "experiment" not in overrides[0] else overrides)
     with pytest.raises(ConfigError) as err:
@@ -92,7 +93,7 @@ def test_missing_devices_fail_before_the_model_loads(config, overrides, message)
 
 
 def test_device_check_accepts_what_the_machine_has():
-    from fvtrain.cli import check_devices
+    from fvtrain.preflight import check_devices
 
     check_devices(compose("train", ["model=tiny-llama", "trainer=ddp_sim"]))
     check_devices(compose("train", ["model=tiny-llama", "trainer=cpu", "model.device=cpu"]))

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from fvtrain.artifacts import save_tensors, save_vector, write_json
-from fvtrain.evaluation import report as rp
+from fvtrain.reporting import report as rp
 from helpers import is_png, run_cli, single_run_dir
 
 

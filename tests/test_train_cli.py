@@ -105,7 +105,7 @@ def test_resume_after_interruption_reaches_the_same_vectors(fv_run, tmp_path):
     args = [*COMMON, f"ffv.fv_run={fv_run}", "trainer.max_epochs=2", "logger=[]"]
     _run("fvtrain.train", tmp_path / "whole", *args)
     cut = tmp_path / "cut"
-    p = _run("fvtrain.train", cut, *args, "+callbacks.interrupt._target_=fvtrain.modules.callbacks.Interrupt",
+    p = _run("fvtrain.train", cut, *args, "+callbacks.interrupt._target_=fvtrain.training.callbacks.Interrupt",
              "+callbacks.interrupt.after_epochs=1", ok=False)
     assert p.returncode != 0 and not (cut / "metrics.json").exists()
     ck = torch.load(cut / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
@@ -128,9 +128,9 @@ def test_ddp_sim_metrics_equal_single_process_evaluation(fv_run, tmp_path):
     from fvtrain.artifacts import load_vector
     from fvtrain.data.splits import load_splits
     from fvtrain.models import load_model
-    from fvtrain.modules.data import FFVDataModule
-    from fvtrain.modules.ffv import FFVModule
-    from fvtrain.modules.sources import load_init_vectors
+    from fvtrain.data.datamodules import RelationDataModule
+    from fvtrain.training.module import FFVModule
+    from fvtrain.training.init import load_init_vectors
     from fvtrain.prompts import PromptTemplate
 
     run = tmp_path / "ddp"
@@ -143,7 +143,7 @@ def test_ddp_sim_metrics_equal_single_process_evaluation(fv_run, tmp_path):
     fv, _, _ = load_init_vectors(fv_run, rels, model_id="tiny-llama", d_model=48)
     lm = load_model("tiny-llama")
     module = FFVModule(rels, m["layer"], bank, fv, test_modes=["zero_shot", "shuffled_icl"]).attach_lm(lm)
-    dm = FFVDataModule(splits, PromptTemplate(), ["zero_shot"], ["zero_shot"], ["zero_shot", "shuffled_icl"],
+    dm = RelationDataModule(splits, PromptTemplate(), ["zero_shot"], ["zero_shot"], ["zero_shot", "shuffled_icl"],
                        False, n_shots=3, eval_batch_size=7)
     trainer = lightning.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
                                 use_distributed_sampler=False, enable_model_summary=False)

@@ -31,7 +31,7 @@ def test_defaults_compose(tmp_path):
 
 @pytest.mark.parametrize("trainer, strategy", [("ddp_sim", "DDPStrategy"), ("default", "SingleDeviceStrategy")])
 def test_trainer_groups(tmp_path, trainer, strategy):
-    from fvtrain.train import build_trainer
+    from fvtrain.training.trainer import build_trainer
 
     cfg = _cfg(tmp_path, f"trainer={trainer}", "logger=[]", "callbacks=none")
     t = build_trainer(cfg, [], [])
@@ -42,7 +42,7 @@ def test_trainer_groups(tmp_path, trainer, strategy):
 
 
 def test_logger_selection(tmp_path):
-    from fvtrain.train import instantiate_callbacks, instantiate_loggers
+    from fvtrain.training.trainer import instantiate_callbacks, instantiate_loggers
 
     assert instantiate_loggers(_cfg(tmp_path, "logger=[]")) == []
     cfg = _cfg(tmp_path, "logger=[csv,tensorboard]")
@@ -93,7 +93,7 @@ def _fake_run(folder, relation, model_id, d_model, layer=1, split_hash=None):
     ("tiny-llama", 48, 2, "was extracted for layer 2, but ffv.layer=1"),
 ])
 def test_init_artifact_of_another_model_is_refused(tmp_path, model_id, d_model, layer, message):
-    from fvtrain.modules.sources import InitArtifactError
+    from fvtrain.training.init import InitArtifactError
     from fvtrain.train import train
 
     run = _fake_run(tmp_path / "extract", "antonym", model_id, d_model, layer)
@@ -104,7 +104,7 @@ def test_init_artifact_of_another_model_is_refused(tmp_path, model_id, d_model, 
 
 
 def test_init_artifact_of_another_split_or_relation_is_refused(tmp_path):
-    from fvtrain.modules.sources import InitArtifactError
+    from fvtrain.training.init import InitArtifactError
     from fvtrain.train import train
 
     run = _fake_run(tmp_path / "extract", "antonym", "tiny-llama", 48, split_hash="0" * 64)

@@ -14,10 +14,10 @@ import torch
 from fvtrain.data.splits import Split
 from fvtrain.data.types import Pair
 from fvtrain.models import load_model
-from fvtrain.modules.data import (FFVDataModule, ShardSampler, eval_batches, eval_examples,
+from fvtrain.data.datamodules import (RelationDataModule, ShardSampler, eval_batches, eval_examples,
                                   train_batches, train_examples)
-from fvtrain.modules.ffv import FFVModule
-from fvtrain.modules.metrics import RelationScores, relation_scores
+from fvtrain.training.module import FFVModule
+from fvtrain.training.metrics import RelationScores, relation_scores
 from fvtrain.prompts import PromptTemplate, make_batch, shuffled_icl, zero_shot
 
 T = PromptTemplate()
@@ -157,14 +157,13 @@ def test_shard_sampler_no_padding_and_epoch_order():
 
 def test_eval_prompts_follow_the_extraction_recipe():
     """Test prompts are exactly those fvtrain.extraction.job.evaluate_relation scores."""
-    from fvtrain.extraction.job import _demos
-    from fvtrain.prompts import icl
+    from fvtrain.prompts import icl, sample_demos
 
     s = _split("antonym")
     ex = eval_examples(s, "test", 0, T, ["zero_shot", "shuffled_icl"], n_shots=3, seed=5, clean_icl=True)
     rng = random.Random("5-antonym-eval")
     test = list(s.test)
-    demos = [_demos(list(s.train), p, 3, rng) for p in test]
+    demos = [sample_demos(list(s.train), p.x, 3, rng) for p in test]
     shuf = [shuffled_icl(T, d, p.x, rng) for d, p in zip(demos, test)]
     clean = [icl(T, d, p.x) for d, p in zip(demos, test)]
     by_mode = {m: [e.prompt for e in ex if e.mode == m] for m in ("zero_shot", "shuffled_icl", "icl")}
@@ -194,7 +193,7 @@ def _fit(module, dm, tmp_path, epochs=1, **kw):
 
 
 def _dm(splits, **kw):
-    return FFVDataModule(splits, T, ["zero_shot"], ["zero_shot"], ["zero_shot"], False, n_shots=3,
+    return RelationDataModule(splits, T, ["zero_shot"], ["zero_shot"], ["zero_shot"], False, n_shots=3,
                          batch_size=kw.pop("batch_size", 4), eval_batch_size=8, **kw)
 
 

@@ -1,4 +1,7 @@
-"""Composite function vectors: the basis bank, batched source scoring and weight schemes."""
+"""Composite function vectors: the basis bank, batched source scoring and weight schemes.
+
+The affine combiner (``combiner``), its training data (``training``), the stage job (``job``) and its
+tables (``tables``) are imported from their modules (they pull in Lightning and Hydra)."""
 
 from fvtrain.composition.bank import BankError, BasisBank, load_bank, resolve_bank_folder
 from fvtrain.composition.schemes import (

@@ -6,6 +6,9 @@ A bank is read from
   FVs); ``bank/`` wins when both exist;
 * or any folder of vectors written by :func:`fvtrain.artifacts.save_vector`.
 
+Folders and files are found and read through :mod:`fvtrain.runs` (a vector with only one of its two
+files is an error); its errors reach the caller as :class:`BankError`.
+
 Every vector's manifest must name the same model (id and revision), the same injection layer and
 the same ``d_model``: composing vectors made for different residual streams is meaningless, so a
 mixed bank is an error that names the odd vector out.
@@ -20,13 +23,18 @@ from typing import Iterable, Sequence
 
 import torch
 
-from fvtrain.artifacts import list_vectors, load_vector
+from fvtrain import runs
+from fvtrain.errors import ArtifactError
 
-BANK_SUBDIRS = ("bank", "vectors")
+BANK_SUBDIRS = runs.BASIS_FOLDERS
 
 
-class BankError(ValueError):
+class BankError(ArtifactError):
     """A basis bank that cannot be composed: missing, empty, mixed or incompatible."""
+
+
+def _bank_error(err: ArtifactError) -> BankError:
+    return err if isinstance(err, BankError) else BankError(str(err))
 
 
 @dataclass
@@ -128,10 +136,11 @@ def resolve_bank_folder(path: str | Path) -> Path:
         raise BankError(f"basis.path {str(path)!r} does not exist")
     if not p.is_dir():
         raise BankError(f"basis.path {str(path)!r} is a file; give the folder that holds the vectors")
-    for sub in BANK_SUBDIRS:
-        if (p / sub).is_dir() and list_vectors(p / sub):
-            return p / sub
-    return p
+    try:
+        found = runs.find_vector_folder(p, BANK_SUBDIRS)
+    except ArtifactError as err:
+        raise _bank_error(err) from err
+    return found[0] if found is not None else p
 
 
 def _one(values: Sequence, names: Sequence[str], key: str, folder: Path):
@@ -151,7 +160,10 @@ def _one(values: Sequence, names: Sequence[str], key: str, folder: Path):
 def load_bank(path: str | Path, relations: str | Iterable[str] | None = None) -> BasisBank:
     """Read and check a basis bank (see the module docstring); ``relations`` selects a subset."""
     folder = resolve_bank_folder(path)
-    files = list_vectors(folder)
+    try:
+        files = runs.vector_files(folder)
+    except ArtifactError as err:
+        raise _bank_error(err) from err
     if not files:
         stray = sorted(p.name for p in folder.glob("*.safetensors"))
         hint = (f" ({len(stray)} .safetensors file(s) without a .json manifest beside them)"
@@ -164,15 +176,13 @@ def load_bank(path: str | Path, relations: str | Iterable[str] | None = None) ->
     vecs, mans, names = [], [], []
     for f in files:
         try:
-            v, man = load_vector(f)
-        except Exception as err:  # noqa: BLE001 - reported with the file name
-            raise BankError(f"cannot read basis vector {f}: {err}") from err
-        if v.dim() != 1:
-            raise BankError(f"basis vector {f} has shape {tuple(v.shape)}; expected one 1-D vector")
+            v, man = runs.read_vector(f)
+        except ArtifactError as err:
+            raise _bank_error(err) from err
         if "layer" not in man:
             raise BankError(f"basis vector {f.with_suffix('.json')} has no 'layer' in its manifest; "
                             "composition needs the injection layer of every vector")
-        vecs.append(v.float())
+        vecs.append(v)
         mans.append(man)
         names.append(str(man.get("relation") or f.stem))
     dup = [n for n, c in Counter(names).items() if c > 1]

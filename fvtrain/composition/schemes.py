@@ -6,7 +6,7 @@
 * ``softmax``: ``w = softmax(s / tau)``;
 * ``top1``: all weight on the best-scoring basis vector;
 * ``affine``: ``w = W softmax(s / tau) + b`` with W (identity at start) and b (zero at start)
-  learned on training analogies: see :class:`fvtrain.modules.combiner.AffineCombiner`.
+  learned on training analogies: see :class:`fvtrain.composition.combiner.AffineCombiner`.
 """
 
 from __future__ import annotations

@@ -16,22 +16,9 @@ from typing import Sequence
 
 import torch
 
+from fvtrain.models.scoring import token_logprobs
 from fvtrain.models.wrapper import FrozenLM
 from fvtrain.prompts import PromptBatch, PromptTemplate, make_batch, zero_shot
-
-
-def _target_logprobs(logits: torch.Tensor, target_ids: torch.Tensor, target_mask: torch.Tensor,
-                     tokens: str = "all") -> torch.Tensor:
-    """Per-row sum of log P(target token) from logits ``[R, M, V]`` (no full log-softmax copy)."""
-    logits = logits.float()
-    tgt = target_ids.to(logits.device)
-    picked = logits.gather(-1, tgt.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
-    mask = target_mask.to(logits.device).to(picked.dtype)
-    if tokens == "first":
-        return picked[:, 0]
-    if tokens != "all":
-        raise ValueError(f"tokens must be 'all' or 'first', got {tokens!r}")
-    return (picked * mask).sum(-1)
 
 
 def source_scores(
@@ -67,7 +54,7 @@ def source_scores(
                 with lm.inject(vecs.repeat(b, 1), layer, positions=0):
                     logits = lm.continue_from(cache, ids[:, P - 1 :], mask, repeat=n,
                                               logits_to_keep=M).logits
-                lp = _target_logprobs(logits, batch.target_ids[s : s + per].repeat_interleave(n, 0),
+                lp = token_logprobs(logits, batch.target_ids[s : s + per].repeat_interleave(n, 0),
                                       batch.target_mask[s : s + per].repeat_interleave(n, 0))
                 out[s : s + b, v : v + n] = lp.view(b, n).cpu()
     return out
@@ -117,19 +104,6 @@ def target_logprob(
     tokens: str = "all",
     cache=None,
 ) -> torch.Tensor:
-    """``[B]`` log P(target | prompt, vector_b injected), differentiable in ``vectors``.
-
-    The prefix runs without gradient (or comes precomputed as ``cache``, from
-    :meth:`FrozenLM.prefix_cache`, and is reused: a forward never modifies it); gradients reach the vectors
-    through the last prompt token and the target tokens only (the frozen LM gets none).
-    """
-    P, M = batch.prompt_len, batch.target_ids.shape[1]
-    ids, mask = batch.input_ids, batch.attention_mask
-    if cache is None:
-        cache = lm.prefix_cache(ids[:, :P], mask[:, :P])
-    if vectors is None:
-        logits = lm.continue_from(cache, ids[:, P - 1 :], mask, logits_to_keep=M).logits
-    else:
-        with lm.inject(vectors, layer, positions=0):
-            logits = lm.continue_from(cache, ids[:, P - 1 :], mask, logits_to_keep=M).logits
-    return _target_logprobs(logits, batch.target_ids, batch.target_mask, tokens)
+    """``[B]`` log P(target | prompt, vector_b injected), differentiable in ``vectors``
+    (:meth:`FrozenLM.target_logprob`)."""
+    return lm.target_logprob(batch, vectors, layer, tokens, cache)

@@ -21,6 +21,7 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
+from fvtrain import runs
 from fvtrain.composition.bank import BasisBank
 from fvtrain.data.splits import Split, load_splits, split_hash, split_relation
 from fvtrain.data.types import AnalogyItem, DataSet, Pair
@@ -32,10 +33,7 @@ log = logging.getLogger(__name__)
 def find_splits_file(bank: BasisBank) -> Path | None:
     """``splits.json`` of the run that wrote the bank (next to ``bank/`` or ``vectors/``)."""
     folder = Path(bank.path)
-    for cand in (folder / "splits.json", folder.parent / "splits.json"):
-        if cand.is_file():
-            return cand
-    return None
+    return runs.find_splits(folder, folder.parent)
 
 
 def relation_train_pairs(
@@ -182,7 +180,7 @@ def fit_combiner(
     extra: dict = {}
     ckpt = None
     if out is not None:
-        ckpt = ModelCheckpoint(dirpath=str(Path(out) / "checkpoints"), filename="combiner-best",
+        ckpt = ModelCheckpoint(dirpath=str(Path(out) / runs.CHECKPOINTS), filename="combiner-best",
                                monitor="val/loss" if has_val else "train/loss", mode="min",
                                save_top_k=1, save_last=False, enable_version_counter=False)
         extra = {"callbacks": [ckpt], "logger": CSVLogger(str(out), name="combiner", version=""),

@@ -28,7 +28,7 @@ from .types import (
     UnknownRelationError,
 )
 
-_LAZY = {"RelationDataModule", "AnalogyDataModule", "JudgmentDataModule", "AnalogyBatch", "make_examples"}
+_LAZY = {"RelationDataModule"}
 
 
 def load(

@@ -1,447 +1,327 @@
-"""Lightning DataModules: relation pairs as prompts, analogies, and similarity judgments.
+"""The relation DataModule: fixed prompt batches for FFV training and evaluation.
 
-Relation prompts come in three modes (see ``fvtrain.prompts``): ``zero_shot`` (``Q: x\\nA:``),
-``icl`` (n demonstrations, then the query) and ``shuffled_icl`` (the same with the
-demonstrations' answers permuted). Demonstrations are drawn from the relation's train split only
-and never contain the query. Every prompt is fixed by the seed, the relation, the split and the
-example's position, so two runs with the same settings see the same prompts.
+Training a vector with the LM frozen allows one big saving: every prompt column before the last
+one never sees the vector, so its keys/values can be computed once and reused in every epoch.
+That works best when a training batch is the same set of prompts in every epoch, so batches here
+are *fixed*: the training prompts are split once (seeded) into batches that each hold a few
+prompts of every relation, and each epoch visits those batches in a seeded, epoch-dependent
+order. The LightningModule keeps each batch's prefix cache under the batch's key.
 
-Without a tokenizer, the loaders yield lists of example dicts (handy for inspection and tests);
-with one, they yield :class:`fvtrain.prompts.PromptBatch` objects (left padding, per-example
-target positions).
+The data module yields plain ``{"stage", "index", "mode", "examples"}`` dicts; the module that
+owns the frozen LM tokenises them. Under DDP every process gets the batches ``rank::world`` of
+the (epoch-shuffled) list and no batch is repeated: the number of training batches is a multiple
+of the world size, and a process with fewer evaluation batches steps through empty fillers, so
+every process takes the same number of (collective) steps while metrics, summed across
+processes, count each example exactly once.
+
+Evaluation prompts follow :func:`fvtrain.extraction.job.evaluate_relation` exactly (same seeded
+demonstrations per query), so test numbers line up with an extraction run on the same split.
 """
 
 from __future__ import annotations
 
+import math
 import random
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Iterator, NamedTuple, Sequence
 
-import torch
 from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
-from ..prompts import (
-    DEFAULT_TEMPLATE,
-    PromptBatch,
-    PromptTemplate,
-    icl,
-    make_batch,
-    shuffled_icl,
-    zero_shot,
-)
-from .splits import (
-    DEFAULT_N_TRAIN,
-    Split,
-    as_relation_list,
-    save_splits,
-    split_hash,
-    split_relation,
-    splits_from_json,
-    splits_to_json,
-)
-from .types import AnalogyItem, DataSet, Judgment, Pair, Relation
+from fvtrain.data.splits import Split, split_hash, splits_from_json, splits_to_json
+from fvtrain.prompts import PromptTemplate, icl, sample_demos, shuffled_icl, zero_shot
 
-MODES = ("zero_shot", "icl", "shuffled_icl")
-STAGES = ("train", "val", "test")
+TRAIN_MODES = ("zero_shot", "shuffled_icl")
+EVAL_MODES = ("zero_shot", "shuffled_icl")
 
 
-class ListDataset(Dataset):
-    """A map-style dataset over a list of ready examples."""
-
-    def __init__(self, items: Sequence[Any]):
-        self.items = list(items)
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int) -> Any:
-        return self.items[i]
+class Example(NamedTuple):
+    relation_index: int
+    relation: str
+    x: str
+    answers: tuple[str, ...]
+    mode: str
+    prompt: str
 
 
-def _as_template(template: str | PromptTemplate) -> PromptTemplate:
-    return template if isinstance(template, PromptTemplate) else PromptTemplate(template)
-
-
-def _modes(mode: str | Sequence[str]) -> tuple[str, ...]:
-    modes = (mode,) if isinstance(mode, str) else tuple(mode)
-    bad = [m for m in modes if m not in MODES]
-    if not modes or bad:
-        raise ValueError(f"unknown prompt mode(s) {bad or modes!r}; use one or more of {', '.join(MODES)}")
+def _check_modes(modes: Sequence[str], allowed: Sequence[str], what: str) -> tuple[str, ...]:
+    modes = (modes,) if isinstance(modes, str) else tuple(modes)
+    bad = [m for m in modes if m not in allowed]
+    if bad:
+        raise ValueError(f"unknown {what} mode(s) {bad}; use {', '.join(allowed)}")
     return modes
 
 
-def _example_rng(*key: object) -> random.Random:
-    # str seeds are hashed with SHA-512 by `random`: stable across runs and platforms.
-    return random.Random("\0".join(map(str, key)))
+def needs_demos(train_modes: Sequence[str], eval_modes: Sequence[str], icl_test: bool) -> bool:
+    return "shuffled_icl" in train_modes or "shuffled_icl" in eval_modes or icl_test
 
 
-def sample_demos(train: Sequence[Pair], query_x: str, n: int, rng: random.Random) -> list[tuple[str, str]]:
-    """``n`` demonstrations from ``train``, never the query's own pair."""
-    pool = [p for p in train if p.x != query_x]
-    if len(pool) < n:
-        raise ValueError(
-            f"{n}-shot prompts need at least {n} train pairs besides the query, but only {len(pool)} "
-            "are available; lower n_shots or raise n_train"
+def check_demos(split: Split, n_shots: int) -> None:
+    """A train split must supply ``n_shots`` demonstrations besides any query."""
+    if len(split.train) < n_shots + 1:
+        from fvtrain.errors import ConfigError
+
+        raise ConfigError(
+            f"relation {split.relation!r}: {n_shots}-shot prompts need at least {n_shots + 1} train "
+            f"pairs (demonstrations plus a query), but the train split has {len(split.train)}; lower "
+            "ffv.n_shots or raise data.n_train"
         )
-    return [(p.x, p.y) for p in rng.sample(pool, n)]
 
 
-def build_prompt(
-    template: PromptTemplate, mode: str, x: str, train: Sequence[Pair], n_shots: int, rng: random.Random
-) -> str:
-    if mode == "zero_shot":
-        return zero_shot(template, x)
-    demos = sample_demos(train, x, n_shots, rng)
-    return icl(template, demos, x) if mode == "icl" else shuffled_icl(template, demos, x, rng)
-
-
-def make_examples(
+def train_examples(
     split: Split,
-    stage: str,
-    mode: str | Sequence[str] = "zero_shot",
-    *,
-    relation_index: int = 0,
-    template: str | PromptTemplate = DEFAULT_TEMPLATE,
+    relation_index: int,
+    template: PromptTemplate,
+    modes: Sequence[str] = ("zero_shot",),
     n_shots: int = 10,
+    n_shuffled: int = 1,
     seed: int = 0,
-    n_prompts: int | None = None,
-) -> list[dict]:
-    """Prompt examples for one relation's ``stage`` split, one per pair and mode.
+) -> list[Example]:
+    """One zero-shot prompt per train pair and/or ``n_shuffled`` shuffled-ICL prompts per pair.
 
-    ``n_prompts`` sets the number of examples per mode instead (queries are cycled, each time
-    with fresh demonstrations): e.g. 100 clean ICL prompts from 20 train pairs.
+    Shuffled prompts draw their demonstrations from the other train pairs, seeded per relation,
+    pair and copy, so they are the same in every epoch and every run with this seed.
     """
-    template = _as_template(template)
-    queries = list(split[stage])
-    if n_prompts is not None and queries:
-        queries = [queries[i % len(queries)] for i in range(n_prompts)]
+    modes = _check_modes(modes, TRAIN_MODES, "training prompt")
     out = []
-    for m in _modes(mode):
-        for i, pair in enumerate(queries):
-            rng = _example_rng(seed, split.relation, stage, m, i)
-            out.append({
-                "relation_index": relation_index,
-                "relation": split.relation,
-                "x": pair.x,
-                "answers": list(pair.answers),
-                "mode": m,
-                "prompt": build_prompt(template, m, pair.x, split.train, n_shots, rng),
-            })
+    pairs = list(split.train)
+    for mode in modes:
+        for i, p in enumerate(pairs):
+            if mode == "zero_shot":
+                out.append(Example(relation_index, split.relation, p.x, tuple(p.answers), mode,
+                                   zero_shot(template, p.x)))
+                continue
+            for k in range(int(n_shuffled)):
+                rng = random.Random(f"{seed}-{split.relation}-train-shuffled-{i}-{k}")
+                demos = sample_demos(pairs, p.x, n_shots, rng)
+                out.append(Example(relation_index, split.relation, p.x, tuple(p.answers), mode,
+                                   shuffled_icl(template, demos, p.x, rng)))
     return out
 
 
-class RelationDataModule(LightningDataModule):
-    """Relation pairs as prompts, split per relation into train / val / test.
+def eval_examples(
+    split: Split,
+    stage: str,
+    relation_index: int,
+    template: PromptTemplate,
+    modes: Sequence[str] = ("zero_shot",),
+    n_shots: int = 10,
+    seed: int = 0,
+    clean_icl: bool = False,
+) -> list[Example]:
+    """Zero-shot, shuffled-ICL and (``clean_icl``) ICL prompts of the ``stage`` pairs.
 
-    ``mode`` (one mode or a list, mixed: one example per pair and mode) shapes the training
-    prompts; ``eval_mode`` the validation and test prompts (default: the same as ``mode``).
-    ``splits`` reuses saved splits (e.g. from :func:`fvtrain.data.splits.load_splits`).
+    The recipe is :func:`fvtrain.extraction.job.evaluate_relation`'s: one seeded stream per
+    relation draws every query's demonstrations first, then the shuffles.
+    """
+    modes = _check_modes(modes, EVAL_MODES, "evaluation prompt")
+    pairs = list(split[stage])
+    train = list(split.train)
+    out = []
+    if "zero_shot" in modes:
+        out += [Example(relation_index, split.relation, p.x, tuple(p.answers), "zero_shot",
+                        zero_shot(template, p.x)) for p in pairs]
+    if "shuffled_icl" in modes or clean_icl:
+        rng = random.Random(f"{seed}-{split.relation}-eval")
+        demos = [sample_demos(train, p.x, n_shots, rng) for p in pairs]
+        shuf = [shuffled_icl(template, d, p.x, rng) for d, p in zip(demos, pairs)]
+        if "shuffled_icl" in modes:
+            out += [Example(relation_index, split.relation, p.x, tuple(p.answers), "shuffled_icl", s)
+                    for p, s in zip(pairs, shuf)]
+        if clean_icl:
+            out += [Example(relation_index, split.relation, p.x, tuple(p.answers), "icl",
+                            icl(template, d, p.x)) for d, p in zip(demos, pairs)]
+    return out
+
+
+def train_batches(examples: Sequence[Example], per_relation: int, world: int, seed: int) -> list[list[int]]:
+    """Fixed training batches holding about ``per_relation`` prompts of *every* relation.
+
+    Each relation's prompts are shuffled (seeded by relation) and cut into the same number of
+    near-equal parts; batch j is the union of every relation's part j. Each row of the vector
+    parameter then sees the same number of steps and examples per step whatever the number of
+    relations trained alongside. The number of batches is a multiple of ``world``, so every
+    process runs the same number of steps.
+    """
+    by_rel: dict[int, list[int]] = {}
+    for i, e in enumerate(examples):
+        by_rel.setdefault(e.relation_index, []).append(i)
+    longest = max((len(v) for v in by_rel.values()), default=0)
+    if longest < world:
+        raise ValueError(f"{longest} training prompts per relation cannot feed {world} processes")
+    k = math.ceil(math.ceil(longest / max(1, int(per_relation))) / world) * world
+    k = min(k, longest // world * world)
+    batches: list[list[int]] = [[] for _ in range(k)]
+    for r, idx in sorted(by_rel.items()):
+        idx = list(idx)
+        random.Random(f"{seed}-ffv-train-batches-{examples[idx[0]].relation}").shuffle(idx)
+        n = len(idx)
+        for j in range(k):
+            batches[j] += idx[round(j * n / k): round((j + 1) * n / k)]
+    return batches
+
+
+def eval_batches(examples: Sequence[Example], batch_size: int, world: int = 1) -> list[list[int]]:
+    """Batches of one prompt mode each, similar lengths together; at least ``world`` of them."""
+    out: list[list[int]] = []
+    for mode in dict.fromkeys(e.mode for e in examples):
+        idx = sorted((i for i, e in enumerate(examples) if e.mode == mode),
+                     key=lambda i: (len(examples[i].prompt), i))
+        out += [idx[j: j + batch_size] for j in range(0, len(idx), batch_size)]
+    while 0 < len(out) < world:
+        big = max(range(len(out)), key=lambda j: len(out[j]))
+        if len(out[big]) < 2:
+            break
+        b = out.pop(big)
+        out += [b[: len(b) // 2], b[len(b) // 2:]]
+    return out
+
+
+class ShardSampler(Sampler[int]):
+    """Batch indices of this process: ``rank::world`` of a (per-epoch seeded) order.
+
+    No batch is repeated. So that every process takes the same number of steps (a DDP step is a
+    collective operation), shorter shards are filled up with ``-1``: an empty batch that is
+    stepped through but evaluates nothing.
     """
 
-    def __init__(
-        self,
-        relations: DataSet | Mapping[str, Relation] | Iterable[Relation],
-        tokenizer: Any = None,
-        template: str | PromptTemplate = DEFAULT_TEMPLATE,
-        n_train: int = DEFAULT_N_TRAIN,
-        n_val: int | None = None,
-        seed: int = 0,
-        batch_size: int = 16,
-        mode: str | Sequence[str] = "zero_shot",
-        eval_mode: str | Sequence[str] | None = None,
-        n_shots: int = 10,
-        n_prompts: int | None = None,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
-        shuffle: bool = True,
-        splits: Mapping[str, Split] | None = None,
-    ):
-        super().__init__()
-        self.relations = as_relation_list(relations)
-        if not self.relations:
-            raise ValueError("RelationDataModule needs at least one relation")
-        names = [r.name for r in self.relations]
-        if len(set(names)) != len(names):
-            raise ValueError(f"relation names must be unique, got {names}")
-        self.tokenizer = tokenizer
-        self.template = _as_template(template)
-        self.n_train, self.n_val, self.seed = n_train, n_val, seed
-        self.mode = _modes(mode)
-        self.eval_mode = self.mode if eval_mode is None else _modes(eval_mode)
-        self.n_shots, self.n_prompts = n_shots, n_prompts
-        self.batch_size = batch_size
-        self.eval_batch_size = eval_batch_size or batch_size
-        self.num_workers, self.shuffle = num_workers, shuffle
-        self.splits: dict[str, Split] | None = dict(splits) if splits is not None else None
-        self.examples: dict[str, list[dict]] = {}
-        self.save_hyperparameters(ignore=["relations", "tokenizer", "splits"])
+    def __init__(self, n: int, rank: int = 0, world: int = 1, shuffle: bool = False, seed: int = 0):
+        self.n, self.rank, self.world, self.shuffle, self.seed = n, rank, world, shuffle, seed
+        self.epoch = 0
 
-    @property
-    def relation_names(self) -> list[str]:
-        """``relation_index`` -> name."""
-        return [r.name for r in self.relations]
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
 
-    def make_splits(self) -> dict[str, Split]:
-        if self.splits is None:
-            self.splits = {r.name: split_relation(r, self.n_train, self.n_val, self.seed) for r in self.relations}
-        missing = [n for n in self.relation_names if n not in self.splits]
-        if missing:
-            raise ValueError(f"no saved split for relation(s) {', '.join(missing)}")
-        return self.splits
+    def order(self) -> list[int]:
+        order = list(range(self.n))
+        if self.shuffle:
+            random.Random(f"{self.seed}-ffv-epoch-{self.epoch}").shuffle(order)
+        mine = order[self.rank:: self.world]
+        return mine + [-1] * (len(self) - len(mine))
 
-    def setup(self, stage: str | None = None) -> None:
-        if self.examples:
-            return
-        splits = self.make_splits()
-        for st in STAGES:
-            modes = self.mode if st == "train" else self.eval_mode
-            self.examples[st] = [
-                ex
-                for i, name in enumerate(self.relation_names)
-                for ex in make_examples(
-                    splits[name], st, modes, relation_index=i, template=self.template,
-                    n_shots=self.n_shots, seed=self.seed, n_prompts=self.n_prompts if st == "train" else None,
-                )
-            ]
-
-    # -- batching -------------------------------------------------------------------------
-    def collate(self, examples: list[dict]) -> PromptBatch | list[dict]:
-        if self.tokenizer is None:
-            return examples
-        meta = {
-            "relation_index": torch.tensor([e["relation_index"] for e in examples], dtype=torch.long),
-            "relation": [e["relation"] for e in examples],
-            "x": [e["x"] for e in examples],
-            "answers": [e["answers"] for e in examples],
-            "mode": [e["mode"] for e in examples],
-        }
-        return make_batch(self.tokenizer, [e["prompt"] for e in examples], [e["answers"] for e in examples],
-                          self.template, meta)
-
-    def _loader(self, stage: str, shuffle: bool) -> DataLoader:
-        self.setup()
-        examples = self.examples[stage]
-        if not examples:
-            raise ValueError(f"the {stage} split is empty")
-        gen = torch.Generator().manual_seed(self.seed) if shuffle else None
-        return DataLoader(
-            ListDataset(examples), batch_size=self.batch_size if stage == "train" else self.eval_batch_size,
-            shuffle=shuffle, generator=gen, collate_fn=self.collate, num_workers=self.num_workers,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", self.shuffle)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", False)
-
-    # -- the splits travel with the run ---------------------------------------------------
-    def split_hashes(self) -> dict[str, str]:
-        return {n: split_hash(s) for n, s in self.make_splits().items()}
-
-    def splits_json(self) -> dict:
-        return splits_to_json(self.make_splits(), seed=self.seed, n_train=self.n_train, n_val=self.n_val)
-
-    def save_splits(self, path: str | Path) -> Path:
-        return save_splits(path, self.make_splits(), seed=self.seed, n_train=self.n_train, n_val=self.n_val)
-
-    def state_dict(self) -> dict:
-        # Saved in every Lightning checkpoint, so a resumed run keeps its splits.
-        return {"splits": self.splits_json()}
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        if "splits" in state_dict:
-            self.splits = splits_from_json(state_dict["splits"])
-            self.examples = {}
-
-
-# ---------------------------------------------------------------------------------------------
-# Analogies
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class AnalogyBatch:
-    """Prompts for a batch of A:B::C:D items.
-
-    * ``source``: zero-shot prompt of A with target B (scores basis vectors on A:B);
-    * ``target``: zero-shot prompt of C with every accepted D (the gold candidate's C and D for
-      multiple-choice items);
-    * ``few_shot``: the A:B demonstration, then C (the few-shot baseline);
-    * ``choices``: every candidate (C_k -> D_k) of the multiple-choice items, flattened;
-      ``choice_item[k]`` is the batch row of candidate k; ``answer_index[b]`` the gold
-      candidate of row b within its own candidates (-1 for open-ended items).
-    """
-
-    source: PromptBatch
-    target: PromptBatch
-    few_shot: PromptBatch
-    choices: PromptBatch | None
-    choice_item: torch.Tensor
-    answer_index: torch.Tensor
-    distance: list[str | None]
-    relation: list[str | None]
-    items: list[AnalogyItem] = field(default_factory=list)
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.order())
 
     def __len__(self) -> int:
-        return len(self.items)
-
-    def to(self, device: torch.device | str) -> "AnalogyBatch":
-        return AnalogyBatch(
-            self.source.to(device), self.target.to(device), self.few_shot.to(device),
-            None if self.choices is None else self.choices.to(device),
-            self.choice_item.to(device), self.answer_index.to(device), self.distance, self.relation, self.items,
-        )
+        return math.ceil(self.n / self.world)
 
 
-def split_items(items: Sequence[Any], n_train: int | float, n_val: int | float, seed: int) -> dict[str, list]:
-    """Seeded train/val/test split of items; ints are counts, floats below 1 fractions."""
+class BatchList(Dataset):
+    def __init__(self, stage: str, examples: Sequence[Example], batches: Sequence[Sequence[int]]):
+        self.stage, self.examples, self.batches = stage, list(examples), [list(b) for b in batches]
 
-    def count(v: int | float) -> int:
-        return int(round(v * len(items))) if isinstance(v, float) and v < 1 else int(v)
+    def __len__(self) -> int:
+        return len(self.batches)
 
-    a, b = count(n_train), count(n_val)
-    if a + b > len(items):
-        raise ValueError(f"cannot take {a} train + {b} validation items from {len(items)}")
-    order = list(range(len(items)))
-    _example_rng("fvtrain-analogy-split", seed).shuffle(order)
-    # Which items go where is random; within a split they keep the file's order.
-    cuts = {"train": order[:a], "val": order[a : a + b], "test": order[a + b :]}
-    return {st: [items[i] for i in sorted(idx)] for st, idx in cuts.items()}
+    def __getitem__(self, i: int) -> dict:
+        if i < 0:  # filler that keeps DDP processes in step
+            return {"stage": self.stage, "index": i, "mode": None, "examples": []}
+        ex = [self.examples[j] for j in self.batches[i]]
+        return {"stage": self.stage, "index": i, "mode": ex[0].mode, "examples": ex}
 
 
-class AnalogyDataModule(LightningDataModule):
-    """Open-ended and multiple-choice analogies.
+def _identity(x):
+    return x
 
-    Items whose ``meta["split"]`` is ``train``/``val``/``test`` (e.g. RelBERT's ``valid.jsonl``
-    and ``test.jsonl``) keep it; otherwise ``n_train``/``n_val`` (counts or fractions) are drawn
-    with the seed and the rest is the test set. Training items serve learned combiners.
+
+class RelationDataModule(LightningDataModule):
+    """Train / validation / test prompts of several relations for one FFV run.
+
+    ``relation_index`` of an example is the relation's position in ``splits`` (the row of the
+    vector parameter). ``batch_size`` counts training prompts *per relation* in a step (a step
+    holds about ``relations x batch_size`` prompts). ``test_icl`` adds clean ICL test prompts (the 10-shot baseline) for the
+    relations listed (all when ``True``).
     """
 
     def __init__(
         self,
-        analogies: DataSet | Sequence[AnalogyItem],
-        tokenizer: Any = None,
-        template: str | PromptTemplate = DEFAULT_TEMPLATE,
-        batch_size: int = 16,
+        splits: dict[str, Split],
+        template: PromptTemplate | str,
+        train_modes: Sequence[str] = ("zero_shot",),
+        val_modes: Sequence[str] = ("zero_shot",),
+        test_modes: Sequence[str] = ("zero_shot",),
+        test_icl: bool | Sequence[str] = True,
+        n_shots: int = 10,
+        n_shuffled: int = 1,
+        batch_size: int = 32,
+        eval_batch_size: int = 32,
         seed: int = 0,
-        n_train: int | float = 0,
-        n_val: int | float = 0,
-        num_workers: int = 0,
-        shuffle: bool = True,
     ):
         super().__init__()
-        self.items = list(analogies.analogies if isinstance(analogies, DataSet) else analogies)
-        if not self.items:
-            raise ValueError("AnalogyDataModule needs at least one analogy item")
-        self.tokenizer = tokenizer
-        self.template = _as_template(template)
-        self.batch_size, self.seed = batch_size, seed
-        self.n_train, self.n_val = n_train, n_val
-        self.num_workers, self.shuffle = num_workers, shuffle
-        self.examples: dict[str, list[AnalogyItem]] = {}
-        self.save_hyperparameters(ignore=["analogies", "tokenizer"])
+        if not splits:
+            raise ValueError("RelationDataModule needs at least one relation")
+        self.splits = dict(splits)
+        self.template = template if isinstance(template, PromptTemplate) else PromptTemplate(template)
+        self.train_modes = _check_modes(train_modes, TRAIN_MODES, "training prompt")
+        self.val_modes = _check_modes(val_modes, EVAL_MODES, "validation prompt")
+        self.test_modes = _check_modes(test_modes, EVAL_MODES, "test prompt")
+        if isinstance(test_icl, bool):
+            test_icl = list(self.splits) if test_icl else []
+        self.test_icl = set(test_icl)
+        self.n_shots, self.n_shuffled = int(n_shots), int(n_shuffled)
+        self.batch_size, self.eval_batch_size, self.seed = int(batch_size), int(eval_batch_size), int(seed)
+        if needs_demos(self.train_modes, self.val_modes + self.test_modes, bool(self.test_icl)):
+            for s in self.splits.values():
+                check_demos(s, self.n_shots)
+        self.examples: dict[str, list[Example]] = {}
+
+    @property
+    def relations(self) -> list[str]:
+        return list(self.splits)
 
     def setup(self, stage: str | None = None) -> None:
         if self.examples:
             return
-        given = [it.meta.get("split") for it in self.items]
-        if all(g in STAGES for g in given):
-            self.examples = {st: [it for it, g in zip(self.items, given) if g == st] for st in STAGES}
-        else:
-            self.examples = split_items(self.items, self.n_train, self.n_val, self.seed)
+        t, n, seed = self.template, self.n_shots, self.seed
+        ex: dict[str, list[Example]] = {"train": [], "val": [], "test": []}
+        for i, (name, s) in enumerate(self.splits.items()):
+            ex["train"] += train_examples(s, i, t, self.train_modes, n, self.n_shuffled, seed)
+            ex["val"] += eval_examples(s, "val", i, t, self.val_modes, n, seed)
+            ex["test"] += eval_examples(s, "test", i, t, self.test_modes, n, seed,
+                                        clean_icl=name in self.test_icl)
+        self.examples = ex
 
-    def collate(self, items: list[AnalogyItem]) -> AnalogyBatch | list[AnalogyItem]:
-        if self.tokenizer is None:
-            return items
-        t, tok = self.template, self.tokenizer
-        source = make_batch(tok, [zero_shot(t, it.a) for it in items], [it.b for it in items], t)
-        target = make_batch(tok, [zero_shot(t, it.c) for it in items], [list(it.d) for it in items], t)
-        few = make_batch(tok, [icl(t, [(it.a, it.b)], it.c) for it in items], [list(it.d) for it in items], t)
-        prompts, answers, owner = [], [], []
-        for row, it in enumerate(items):
-            for c, d in it.choices or ():
-                prompts.append(zero_shot(t, c))
-                answers.append(d)
-                owner.append(row)
-        choices = make_batch(tok, prompts, answers, t) if prompts else None
-        return AnalogyBatch(
-            source, target, few, choices,
-            torch.tensor(owner, dtype=torch.long),
-            torch.tensor([-1 if it.answer_index is None else it.answer_index for it in items], dtype=torch.long),
-            [it.distance for it in items], [it.relation for it in items], list(items),
-        )
+    def _rank_world(self) -> tuple[int, int]:
+        tr = getattr(self, "trainer", None)
+        return (tr.global_rank, tr.world_size) if tr is not None else (0, 1)
 
-    def _loader(self, stage: str, shuffle: bool) -> DataLoader:
+    def batches(self, stage: str, world: int = 1) -> list[list[int]]:
         self.setup()
-        if not self.examples[stage]:
-            raise ValueError(f"the analogy {stage} split is empty (set n_train/n_val to hold out items)")
-        gen = torch.Generator().manual_seed(self.seed) if shuffle else None
-        return DataLoader(ListDataset(self.examples[stage]), batch_size=self.batch_size, shuffle=shuffle,
-                          generator=gen, collate_fn=self.collate, num_workers=self.num_workers)
+        ex = self.examples[stage]
+        if not ex:
+            raise ValueError(f"no {stage} prompts: is the {stage} split empty?")
+        if stage == "train":
+            return train_batches(ex, self.batch_size, world, self.seed)
+        return eval_batches(ex, self.eval_batch_size, world)
+
+    def _loader(self, stage: str) -> DataLoader:
+        rank, world = self._rank_world()
+        batches = self.batches(stage, world)
+        sampler = ShardSampler(len(batches), rank, world, shuffle=stage == "train", seed=self.seed)
+        return DataLoader(BatchList(stage, self.examples[stage], batches), batch_size=None,
+                          sampler=sampler, collate_fn=_identity)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", self.shuffle)
+        return self._loader("train")
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", False)
+        return self._loader("val")
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", False)
+        return self._loader("test")
 
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", False)
+    # -- the splits travel with every checkpoint -------------------------------------------
+    def state_dict(self) -> dict:
+        return {"splits": splits_to_json(self.splits, seed=self.seed)}
 
-
-# ---------------------------------------------------------------------------------------------
-# Human similarity judgments
-# ---------------------------------------------------------------------------------------------
-
-
-def collate_judgments(items: list[Judgment]) -> dict:
-    return {
-        "first": [j.first for j in items],
-        "second": [j.second for j in items],
-        "rating": torch.tensor([j.rating for j in items], dtype=torch.float),
-        "level": [j.level for j in items],
-        "comparison_type": [j.comparison_type for j in items],
-        "first_relation": [j.first_relation for j in items],
-        "second_relation": [j.second_relation for j in items],
-        "judgments": list(items),
-    }
-
-
-class JudgmentDataModule(LightningDataModule):
-    """Similarity judgments for evaluation (``test``/``predict``); no tokenizer needed."""
-
-    def __init__(
-        self,
-        judgments: DataSet | Sequence[Judgment],
-        batch_size: int = 64,
-        level: str | None = None,
-        collate_fn: Callable[[list[Judgment]], Any] = collate_judgments,
-    ):
-        super().__init__()
-        items = list(judgments.judgments if isinstance(judgments, DataSet) else judgments)
-        if level is not None:
-            items = [j for j in items if j.level == level]
-        if not items:
-            of_level = f" of level {level!r}" if level else ""
-            raise ValueError(f"JudgmentDataModule needs at least one judgment{of_level}")
-        self.items = items
-        self.batch_size = batch_size
-        self.collate_fn = collate_fn
-
-    def test_dataloader(self) -> DataLoader:
-        return DataLoader(ListDataset(self.items), batch_size=self.batch_size, collate_fn=self.collate_fn)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self.test_dataloader()
+    def load_state_dict(self, state_dict: dict) -> None:
+        if "splits" not in state_dict:
+            return
+        saved = splits_from_json(state_dict["splits"])
+        mine = {n: split_hash(s) for n, s in self.splits.items()}
+        theirs = {n: split_hash(s) for n, s in saved.items()}
+        if mine != theirs:
+            raise ValueError(
+                "the checkpoint was trained on other relations or splits than this run "
+                f"(checkpoint: {sorted(theirs)}, run: {sorted(mine)}); resume with the same data, "
+                "data.n_train, data.n_val and seed"
+            )

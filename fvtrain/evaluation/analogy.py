@@ -21,6 +21,7 @@ import torch
 from torchmetrics.aggregation import MeanMetric
 
 from fvtrain.data.types import AnalogyItem
+from fvtrain.models.scoring import token_logprobs
 from fvtrain.models.wrapper import FrozenLM
 from fvtrain.prompts import PromptTemplate, encode_target, icl, make_batch, pad_id, zero_shot
 
@@ -158,14 +159,11 @@ def _eval_shared(lm: FrozenLM, items: Sequence[AnalogyItem], template: PromptTem
             logp = (logits - logits.logsumexp(-1, keepdim=True)).cpu()
             lp = logp.gather(1, first_tok)  # [B, K]
             if M > 1:
-                c2 = o1.past_key_values  # the continuation's own copy, with the edited last token
+                c2 = o1.cache  # the continuation's own copy, with the edited last token
                 c2.batch_repeat_interleave(K)
                 full = torch.cat([mask.repeat_interleave(K, 0), rest_mask], 1)
                 o2 = lm.continue_from(c2, rest_ids, full, logits_to_keep=M - 1)
-                l2 = o2.logits.float()
-                tl = (l2.gather(-1, rest_tgt.to(l2.device).unsqueeze(-1)).squeeze(-1)
-                      - l2.logsumexp(-1)).cpu() * rest_mask
-                lp = lp + tl.sum(-1).view(B, K)
+                lp = lp + token_logprobs(o2.logits, rest_tgt, rest_mask).cpu().view(B, K)
             lp = lp.masked_fill(~valid, float("-inf"))
             top = logits.argmax(-1).cpu()
             pred = lp.argmax(-1)

@@ -1,6 +1,7 @@
 """The extraction job: for each relation, mean activations, AIE, top-k heads, FV, evaluation.
 
-Used by ``fvtrain-extract`` and by training runs that start from extracted vectors.
+:func:`run` is what ``fvtrain-extract`` and the main job call; :func:`extract_relation` is also used
+by training runs that extract their own FVs.
 """
 
 from __future__ import annotations
@@ -15,14 +16,16 @@ import torch
 from omegaconf import DictConfig
 
 from fvtrain import __version__
-from fvtrain.artifacts import save_tensors, save_vector, write_json
+from fvtrain import runs
+from fvtrain.artifacts import save_tensors, save_vector
 from fvtrain.data.splits import Split, split_hash
 from fvtrain.evaluation.relation import completion, layer_sweep
 from fvtrain.extraction.activations import mean_head_activations
 from fvtrain.extraction.aie import aie_fast, aie_reference
 from fvtrain.extraction.fv import function_vector, top_heads
 from fvtrain.models.wrapper import FrozenLM
-from fvtrain.prompts import PromptTemplate, icl, make_batch, shuffled_icl, zero_shot
+from fvtrain.prompts import PromptTemplate, icl, make_batch, sample_demos, shuffled_icl, zero_shot
+from fvtrain.runtime import ModelLike, obtain, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -37,16 +40,6 @@ class Extracted:
     layer: int
     metrics: dict = field(default_factory=dict)
     n_corrupt_used: int = 0
-
-
-def _demos(pool: Sequence, query, n: int, rng: random.Random) -> list[tuple[str, str]]:
-    cands = [p for p in pool if p.x != query.x]
-    if len(cands) < n:
-        raise ValueError(
-            f"{n}-shot prompts need at least {n} demonstration pairs besides the query, but only "
-            f"{len(cands)} are available; lower n_shots or add pairs"
-        )
-    return [(p.x, p.answers[0]) for p in rng.sample(cands, n)]
 
 
 def check_shots(split: Split, n_shots: int) -> None:
@@ -82,7 +75,7 @@ def extract_relation(
 
     # 1. Mean head activations over clean ICL prompts.
     queries = [rng.choice(train) for _ in range(int(cfg.n_prompts))]
-    clean = [icl(template, _demos(train, q, n_shots, rng), q.x) for q in queries]
+    clean = [icl(template, sample_demos(train, q.x, n_shots, rng), q.x) for q in queries]
     mean = mean_head_activations(lm, clean, batch_size=int(cfg.batch_size), progress=advance)
 
     # 2. Shuffled-ICL prompts for the AIE; optionally only queries the model solves with clean ICL.
@@ -91,7 +84,7 @@ def extract_relation(
     cands = []
     for i in range(n_cand):
         q = train[i % len(train)] if i < len(train) else rng.choice(train)
-        demos = _demos(train, q, n_shots, rng)
+        demos = sample_demos(train, q.x, n_shots, rng)
         cands.append((q, icl(template, demos, q.x), shuffled_icl(template, demos, q.x, rng)))
     if cfg.filter_correct:
         ok = []
@@ -119,7 +112,7 @@ def extract_relation(
         effects, _ = aie_reference(lm, batch, mean, progress=advance)
     elif cfg.aie_impl == "fast":
         effects, _ = aie_fast(lm, batch, mean, max_rows=int(cfg.max_rows), progress=advance,
-                              layer_start=bool(cfg.get("layer_start", True)))
+                              layer_start=bool(cfg.layer_start))
     else:
         raise ValueError(f"extract.aie_impl must be 'fast' or 'reference', got {cfg.aie_impl!r}")
     aie = effects.mean(0)
@@ -148,7 +141,7 @@ def evaluate_relation(
     train = list(split.train)
     answers = [p.answers for p in test]
     zs = [zero_shot(template, p.x) for p in test]
-    demos = [_demos(train, p, n_shots, rng) for p in test]
+    demos = [sample_demos(train, p.x, n_shots, rng) for p in test]
     shuf = [shuffled_icl(template, d, p.x, rng) for d, p in zip(demos, test)]
     clean = [icl(template, d, p.x) for d, p in zip(demos, test)]
     out = {
@@ -190,8 +183,8 @@ def manifest(lm: FrozenLM, ex: Extracted, split: Split, template: PromptTemplate
 
 def save_extracted(out: Path, lm: FrozenLM, ex: Extracted, split: Split, template: PromptTemplate,
                    cfg: DictConfig, seed: int) -> None:
-    save_vector(out / "vectors", ex.relation, ex.vector, manifest(lm, ex, split, template, cfg, seed))
-    save_tensors(out / "aie" / f"{ex.relation}.safetensors", {"aie": ex.aie, "mean": ex.mean})
+    save_vector(out / runs.VECTORS, ex.relation, ex.vector, manifest(lm, ex, split, template, cfg, seed))
+    save_tensors(out / runs.AIE / f"{ex.relation}.safetensors", {"aie": ex.aie, "mean": ex.mean})
 
 
 def summarise(per_relation: dict[str, dict]) -> dict:
@@ -210,6 +203,64 @@ def summarise(per_relation: dict[str, dict]) -> dict:
 
 
 def write_metrics(out: Path, per_relation: dict, extra: dict | None = None) -> dict:
-    metrics = {"relations": per_relation, "mean": summarise(per_relation), **(extra or {})}
-    write_json(out / "metrics.json", metrics)
-    return metrics
+    return runs.write_metrics(out, "extract", {"relations": per_relation, "mean": summarise(per_relation),
+                                               **(extra or {})})
+
+
+@dataclass
+class ExtractResult(runs.StageResult):
+    """The extraction run: ``vectors`` is the folder of FVs, ``layer`` their injection layer."""
+
+    vectors: Path = Path()
+    layer: int = 0
+
+
+def run(cfg: DictConfig, out: Path, lm: ModelLike) -> ExtractResult:
+    """FVs of every relation of ``cfg.data`` into ``out`` (``cfg`` is a composed ``extract.yaml``).
+
+    Everything that can be checked without the model is checked before ``lm`` is obtained.
+    """
+    from fvtrain.console import progress
+    from fvtrain.data.select import load_relations
+    from fvtrain.data.splits import save_splits, split_relation
+    from fvtrain.preflight import check_geometry
+    from fvtrain.reporting.figures import aie_heatmaps, layer_sweep_curves
+
+    out = Path(out)
+    seed = int(cfg.seed)
+    template = PromptTemplate(cfg.prompt.template)
+    ex_cfg = cfg.extract
+    geo = check_geometry(cfg, ex_cfg.layer, ex_cfg.k)
+    layer = int(ex_cfg.layer) if ex_cfg.layer is not None else max(0, round(geo["n_layers"] / 3))
+    ds = load_relations(cfg.data)
+    splits = {name: split_relation(rel, int(cfg.data.n_train), cfg.data.get("n_val"), seed)
+              for name, rel in ds.relations.items()}
+    for s in splits.values():
+        check_shots(s, int(ex_cfg.n_shots))
+    runs.save_config(cfg, out)
+    save_splits(out / runs.SPLITS, splits, seed=seed, n_train=int(cfg.data.n_train))
+
+    seed_everything(seed)
+    lm = obtain(lm)
+    per_relation, aies, tops, sweeps, baselines = {}, {}, {}, {}, {}
+    with progress() as bar:
+        rel_task = bar.add_task("relations", total=len(splits))
+        for name, split in splits.items():
+            ex = extract_relation(lm, split, ex_cfg, template, seed, layer, progress=bar)
+            ex.metrics = evaluate_relation(lm, split, ex.vector, layer, template,
+                                           int(ex_cfg.n_shots), seed, sweep=bool(ex_cfg.layer_sweep))
+            ex.metrics["heads"] = [[l, h, a] for l, h, a in ex.heads]
+            ex.metrics["layer"] = layer
+            save_extracted(out, lm, ex, split, template, ex_cfg, seed)
+            per_relation[name] = ex.metrics
+            aies[name], tops[name] = ex.aie, ex.heads
+            if "layer_sweep" in ex.metrics:
+                sweeps[name] = ex.metrics["layer_sweep"]["acc"]
+                baselines[name] = ex.metrics["zero_shot"]["none"]["acc"]
+            bar.advance(rel_task)
+    metrics = write_metrics(out, per_relation, {"model": lm.describe(), "layer": layer})
+    figures = out / runs.FIGURES
+    aie_heatmaps(aies, figures / "aie_heatmap.png", tops)
+    if sweeps:
+        layer_sweep_curves(sweeps, figures / "layer_sweep.png", baselines, layer)
+    return ExtractResult("extract", out, metrics, vectors=out / runs.VECTORS, layer=layer)

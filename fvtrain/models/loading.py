@@ -19,6 +19,8 @@ from pathlib import Path
 
 import torch
 
+from fvtrain.models.source import ModelSource
+
 log = logging.getLogger(__name__)
 
 EMBEDDED_ALIASES = ("gemma3-270m",)
@@ -38,20 +40,6 @@ _DTYPES = {
 
 class ModelNotFoundError(ValueError):
     """The model name or path is neither an alias, a local model, a GGUF file nor a hub model."""
-
-
-@dataclass
-class ModelSource:
-    """Where a model comes from, recorded in every artifact manifest."""
-
-    name: str
-    kind: str  # "embedded" | "gguf" | "dir" | "hub"
-    path: str | None = None
-    revision: str | None = None
-    extra: dict = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        return {"model_id": self.name, "kind": self.kind, "path": self.path, "revision": self.revision}
 
 
 def cache_root() -> Path:

@@ -15,7 +15,7 @@ import torch
 
 from fvtrain.models import hooks
 from fvtrain.models.adapters import Adapter
-from fvtrain.models.loading import ModelSource
+from fvtrain.models.source import ModelSource
 from fvtrain.prompts import PromptBatch, PromptTemplate, make_batch
 
 
@@ -101,11 +101,14 @@ class FrozenLM:
         self,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
-        past_key_values=None,
+        cache=None,
         logits_to_keep: int | torch.Tensor = 1,
         use_cache: bool = False,
     ):
-        """One forward with padding-aware positions; ``attention_mask`` covers cache + input."""
+        """One forward with padding-aware positions; ``attention_mask`` covers cache + input.
+
+        ``cache`` is a prefix :class:`~transformers.DynamicCache` (transformers' ``cache``
+        argument, formerly ``past_key_values``)."""
         dev = self.device
         attention_mask = attention_mask.to(dev)
         if isinstance(logits_to_keep, torch.Tensor):
@@ -114,8 +117,7 @@ class FrozenLM:
             input_ids=input_ids.to(dev),
             attention_mask=attention_mask,
             position_ids=position_ids_for(attention_mask, input_ids.shape[1]),
-            past_key_values=past_key_values,
-            use_cache=use_cache or past_key_values is not None,
+            **_cache_kwargs(cache, use_cache),
             logits_to_keep=logits_to_keep,
         )
 
@@ -123,7 +125,7 @@ class FrozenLM:
         self,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
-        past_key_values=None,
+        cache=None,
         use_cache: bool = False,
     ):
         """The decoder stack without the unembedding; ``last_hidden_state`` is after the final
@@ -134,8 +136,7 @@ class FrozenLM:
             input_ids=input_ids.to(dev),
             attention_mask=attention_mask,
             position_ids=position_ids_for(attention_mask, input_ids.shape[1]),
-            past_key_values=past_key_values,
-            use_cache=use_cache or past_key_values is not None,
+            **_cache_kwargs(cache, use_cache),
         )
 
     def logits_of(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -151,7 +152,7 @@ class FrozenLM:
         """
         with torch.no_grad():
             out = self.body(input_ids[:, :-1], attention_mask[:, :-1], use_cache=True)
-        return out.past_key_values
+        return out.cache
 
     def last_token(
         self,
@@ -214,8 +215,8 @@ class FrozenLM:
             attention_mask = attention_mask.repeat_interleave(repeat, 0)
         def run():
             if hidden_only:
-                return self.body(new_ids, attention_mask, past_key_values=c)
-            return self.forward(new_ids, attention_mask, past_key_values=c, logits_to_keep=logits_to_keep)
+                return self.body(new_ids, attention_mask, cache=c)
+            return self.forward(new_ids, attention_mask, cache=c, logits_to_keep=logits_to_keep)
 
         if start_layer == 0:
             return run()
@@ -224,6 +225,25 @@ class FrozenLM:
         with hooks.start_at(self.adapter, start_layer, residual.to(self.dtype).unsqueeze(1),
                             self._blocks_return_tuple):
             return run()
+
+    def target_logprob(self, batch: PromptBatch, vectors: torch.Tensor | None, layer: int | None,
+                       tokens: str = "all", cache=None) -> torch.Tensor:
+        """``[B]`` log P(target | prompt, vector_b injected), differentiable in ``vectors``.
+
+        The prefix runs without gradient (or comes precomputed as ``cache``, from
+        :meth:`prefix_cache`, and is reused: a forward never modifies it); gradients reach the
+        vectors through the last prompt token and the target tokens only (the LM gets none).
+        """
+        from fvtrain.models.scoring import token_logprobs
+
+        P, M = batch.prompt_len, batch.target_ids.shape[1]
+        ids, mask = batch.input_ids, batch.attention_mask
+        if cache is None:
+            cache = self.prefix_cache(ids[:, :P], mask[:, :P])
+        edit = self.inject(vectors, layer, positions=0) if vectors is not None else _null()
+        with edit:
+            logits = self.continue_from(cache, ids[:, P - 1 :], mask, logits_to_keep=M).logits
+        return token_logprobs(logits, batch.target_ids, batch.target_mask, tokens)
 
     def batch(
         self,
@@ -378,6 +398,19 @@ class FrozenLM:
         if not torch.equal(after, base_logits):
             raise SelfCheckError("hooks left a trace: logits differ after the injection context exited")
         return delta
+
+
+def _cache_kwargs(cache, use_cache: bool) -> dict:
+    """Keyword arguments passing a prefix cache to a transformers model.
+
+    transformers >= 5.24 names it ``cache`` (``past_key_values`` warns and goes away in 5.40;
+    outputs carry it as ``.cache``). ``cache`` is left out when there is none: passing even
+    ``past_key_values=None`` triggers the deprecation warning.
+    """
+    kw: dict = {"use_cache": use_cache or cache is not None}
+    if cache is not None:
+        kw["cache"] = cache
+    return kw
 
 
 def _fresh_view(cache):

@@ -8,7 +8,7 @@ from lightning.pytorch import Callback
 class Interrupt(Callback):
     """Stop the run like Ctrl-C after ``after_epochs`` epochs (their checkpoints are written).
 
-    For trying out resuming: ``+callbacks.interrupt._target_=fvtrain.modules.callbacks.Interrupt
+    For trying out resuming: ``+callbacks.interrupt._target_=fvtrain.training.callbacks.Interrupt
     +callbacks.interrupt.after_epochs=2``, then run again with ``ckpt_path=<run folder>``.
     """
 

@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from fvtrain.reporting.tables import markdown_table
+
 log = logging.getLogger(__name__)
 
 STAGES = ("extract", "train", "compose", "eval")
@@ -357,7 +359,7 @@ def _figure(folder: Path, name: str, make, refresh: bool, made: list[Path]) -> P
 def _aie_heatmap(job: Job):
     def make(path):
         from fvtrain.artifacts import load_tensors, read_json
-        from fvtrain.evaluation.figures import aie_heatmaps
+        from fvtrain.reporting.figures import aie_heatmaps
 
         folder = _aie_dir(job)
         files = sorted(folder.glob("*.safetensors")) if folder else []
@@ -386,7 +388,7 @@ def _aie_dir(job: Job) -> Path | None:
 
 def _layer_sweep(job: Job):
     def make(path):
-        from fvtrain.evaluation.figures import layer_sweep_curves
+        from fvtrain.reporting.figures import layer_sweep_curves
 
         rels = _per_relation(job.metrics) or {}
         sweeps, base = {}, {}
@@ -406,24 +408,20 @@ def _layer_sweep(job: Job):
 
 def _accuracy_bars(values):
     def make(path):
-        from fvtrain.evaluation.figures import grouped_bars
+        from fvtrain.reporting.figures import grouped_bars
 
         return grouped_bars(values, path, "test accuracy", "Accuracy per relation, every method")
     return make
 
 
-def _composition(methods: Mapping):
+def _composition(table):
+    """The composition figure: the bars of the composition table (``fvtrain.composition.tables``)."""
     def make(path):
-        from fvtrain.evaluation.figures import grouped_bars
+        from fvtrain.reporting.figures import grouped_bars
 
         vals = {}
-        for name, m in methods.items():
-            row = {}
-            for mode, label in (("open", "open"), ("mc", "MC")):
-                for g in ("all", "near", "far"):
-                    acc = ((m.get(mode) or {}).get(g) or {}).get("acc")
-                    if _num(acc):
-                        row[f"{label} {g}"] = float(acc)
+        for name, *accs in table.rows:
+            row = {col: float(acc) for col, acc in zip(table.columns[1:], accs) if _num(acc)}
             if row:
                 vals[name] = row
         if not vals:
@@ -433,27 +431,6 @@ def _composition(methods: Mapping):
 
 
 # -- markdown ---------------------------------------------------------------------------------
-
-
-def _md_table(columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
-    """A GitHub markdown table; numeric columns are right-aligned."""
-    def cell(v):
-        if v is None:
-            return "-"
-        if isinstance(v, float):
-            return "-" if math.isnan(v) else f"{v:.3f}"
-        return str(v).replace("|", "\\|").replace("\n", " ")
-
-    rows = [list(r) for r in rows]
-
-    def numeric(i):
-        vals = [r[i] for r in rows if i < len(r) and r[i] not in (None, "", "-")]
-        return bool(vals) and all(isinstance(v, (int, float)) or re.match(r"^[+-]?\d", str(v)) for v in vals)
-
-    lines = ["| " + " | ".join(map(str, columns)) + " |",
-             "|" + "|".join("---:" if i > 0 and numeric(i) else "---" for i in range(len(columns))) + "|"]
-    lines += ["| " + " | ".join(cell(v) for v in r) + " |" for r in rows]
-    return "\n".join(lines)
 
 
 def _link(target: Path, base: Path) -> str:
@@ -488,7 +465,7 @@ def job_section(job: Job, base: Path, level: int, refresh: bool, made: list[Path
     if accs:
         series = list(dict.fromkeys(s for v in accs.values() for s in v))
         title = "Fine-tuned function vectors" if "train" in job.stages else "Function vectors"
-        parts.append(f"{h}# {title}: accuracy per relation\n\n" + _md_table(
+        parts.append(f"{h}# {title}: accuracy per relation\n\n" + markdown_table(
             ["relation", *series], [[n, *[v.get(s) for s in series]] for n, v in accs.items()]))
         show("accuracy per relation", _figure(job.path, "accuracy_by_relation.png", _accuracy_bars(accs),
                                               refresh, made))
@@ -501,21 +478,11 @@ def job_section(job: Job, base: Path, level: int, refresh: bool, made: list[Path
         parts.append(f"Basis bank: {len(list_vectors(job.path / 'bank'))} fine-tuned vector(s) in `bank/`.")
 
     if "compose" in job.stages:
-        methods = m["methods"]
-        rows = []
-        for name, mm in methods.items():
-            row = [name]
-            for mode in ("open", "mc"):
-                for g in ("all", "near", "far"):
-                    row.append(((mm.get(mode) or {}).get(g) or {}).get("acc"))
-            rows.append(row)
-        bank = m.get("bank") or {}
-        scheme = (m.get("scheme") or {}).get("name")
-        parts.append(f"{h}# Composition"
-                     + (f" ({scheme}; bank of {bank.get('n')} {bank.get('kind')} vectors)" if bank else "")
-                     + "\n\n" + _md_table(["method", "open all", "open near", "open far", "MC all", "MC near",
-                                           "MC far"], rows))
-        show("composition schemes", _figure(job.path, "composition_schemes.png", _composition(methods),
+        from fvtrain.composition.tables import analogy_table
+
+        table = analogy_table(m)
+        parts.append(f"{h}# Composition: {table.title}\n\n" + table.markdown())
+        show("composition schemes", _figure(job.path, "composition_schemes.png", _composition(table),
                                             refresh, made))
 
     if "eval" in job.stages:
@@ -533,39 +500,23 @@ def job_section(job: Job, base: Path, level: int, refresh: bool, made: list[Path
 
 
 def _eval_section(job: Job, base: Path, h: str, refresh: bool, made: list[Path], figs: list[Path]) -> str:
-    from fvtrain.evaluate import summary_columns, summary_rows, write_figures
-    from fvtrain.evaluation.decoding import table_rows
+    from fvtrain.evaluation import tables as ev_tables
+    from fvtrain.evaluation.job import write_figures
 
     m = job.metrics
-    kinds = [k for k in ("fv", "ffv") if k in (m.get("vectors") or {})] or ["fv", "ffv"]
     out = []
     al = m.get("alignment") or {}
     if al:
-        rows = summary_rows(al, kinds)
-        if rows:
+        t = ev_tables.alignment_table(m, compact=False)
+        if t is not None:
             out.append(f"{h}# Alignment with human judgments\n\nCorrelation [95% bootstrap CI]; "
-                       f"judgments: `{(al.get('judgments') or {}).get('path')}`\n\n"
-                       + _md_table(summary_columns(kinds), rows))
-        skipped = []
-        for what in ("relation", "prototypicality", "prototypicality_held_out"):
-            r = al.get(what) or {}
-            for why, v in (r.get("skipped") or {}).items():
-                skipped.append([what, why, v.get("n"), v.get("example")])
-        for rep, r in (al.get("pair") or {}).items():
-            if isinstance(r, dict):
-                for why, v in (r.get("skipped") or {}).items():
-                    skipped.append([f"pair ({rep})", why, v.get("n"), v.get("example")])
-        if skipped:
-            out.append("Skipped items:\n\n" + _md_table(["analysis", "why", "n", "example"], skipped))
-    dec = m.get("decoding")
-    if dec:
-        s = dec.get("summary") or {}
-        out.append(f"{h}# Decoding (logit lens)\n\n" + _md_table(
-            ["kind", "relations", "median best rank", "MRR", "top-10", "top-100"],
-            [[k.upper(), s[k].get("n"), s[k].get("median_rank"), s[k].get("mrr"), s[k].get("top10"),
-              s[k].get("top100")] for k in kinds if k in s]))
-        out.append(_md_table(["relation"] + [c for k in kinds for c in (f"{k.upper()} top-5", f"{k.upper()} best rank")],
-                             table_rows(dec, kinds)))
+                       f"judgments: `{(al.get('judgments') or {}).get('path')}`\n\n" + t.markdown())
+        t = ev_tables.skipped_table(m)
+        if t is not None:
+            out.append("Skipped items:\n\n" + t.markdown())
+    if m.get("decoding"):
+        out.append(f"{h}# Decoding (logit lens)\n\n" + ev_tables.word_rank_table(m).markdown())
+        out.append(ev_tables.decoding_table(m).markdown())
     points_file = job.path / "alignment_points.json"
     points = json.loads(points_file.read_text()) if points_file.is_file() else {}
     wanted = ["alignment_scatter.png", "prototypicality.png", "decoding_ranks.png"]
@@ -608,7 +559,7 @@ def build_report(path: str | Path, out: str | Path | None = None, refresh: bool 
         info = json.loads((root / "pipeline.json").read_text())
         secs = info.get("seconds") or {}
         md.append(f"# fvtrain report: main job `{root}`")
-        md.append("Stages, each in its own folder:\n\n" + _md_table(
+        md.append("Stages, each in its own folder:\n\n" + markdown_table(
             ["stage", "folder", "seconds"],
             [[st, f"[{st}/]({_link(root / st, out)})" if (root / st).is_dir() else "(this report)", secs.get(st)]
              for st in info.get("stages", [])]))
@@ -624,12 +575,12 @@ def build_report(path: str | Path, out: str | Path | None = None, refresh: bool 
                      + ", ".join(f"`{p.name}`" for p in incomplete) if incomplete else ""))
         failed = _failed_jobs(root)
         if failed:
-            md.append(f"{len(failed)} failed job(s) (from sweep_summary.json):\n\n" + _md_table(
+            md.append(f"{len(failed)} failed job(s) (from sweep_summary.json):\n\n" + markdown_table(
                 ["job", "overrides", "error"],
                 [[j.get("num"), " ".join(j.get("overrides") or []), (j.get("error") or "")[:200]] for j in failed]))
         heads = [headline(j.metrics) for j in jobs]
         keys = list(dict.fromkeys(k for h in heads for k in h))[:12]
-        md.append("## Summary\n\n" + _md_table(
+        md.append("## Summary\n\n" + markdown_table(
             ["job", *swept, "stages", *keys],
             [[j.name, *[j.override_values.get(k) for k in swept], "+".join(j.stages) or "-",
               *[h.get(k) for k in keys]] for j, h in zip(jobs, heads)]))
@@ -666,7 +617,7 @@ def _failed_jobs(root: Path) -> list[dict]:
 
 
 def _sweep_figure(jobs, heads, swept, keys, path):
-    from fvtrain.evaluation.figures import metric_lines
+    from fvtrain.reporting.figures import metric_lines
 
     if len(swept) == 1:
         xs = [_typed(j.override_values.get(swept[0], "")) for j in jobs]

@@ -3,7 +3,7 @@
 The states are per-relation *sums* (correct answers, target probabilities, examples), reduced
 across processes by summing. Accuracy is therefore micro-averaged within each relation (every
 example counts once, whichever process or batch it came from) and exact under DDP as long as no
-example is evaluated twice; the samplers in :mod:`fvtrain.modules.data` shard without padding.
+example is evaluated twice; the samplers in :mod:`fvtrain.data.datamodules` shard without padding.
 The mean over relations is the plain mean of the per-relation values.
 
 (torchmetrics' ``MulticlassAccuracy`` would not fit: an example may have several accepted answers,

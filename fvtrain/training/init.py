@@ -10,12 +10,12 @@ from typing import Sequence
 import torch
 
 from fvtrain.artifacts import load_vector
-from fvtrain.cli import ConfigError
+from fvtrain.errors import ArtifactError, ConfigError
 
 INITS = ("fv", "random", "zeros")
 
 
-class InitArtifactError(ConfigError):
+class InitArtifactError(ArtifactError):
     """An init vector that does not belong to this run (other model, size, layer or split)."""
 
 

@@ -11,7 +11,7 @@ Two implementations of the same forward pass:
 * ``impl="plain"`` (the reference): a full forward of the prompt (and target) with the vector
   hook at column ``P - 1``;
 * ``impl="cached"``: every column before the last prompt token is independent of the vector, so
-  its keys/values are computed once per fixed batch (:mod:`fvtrain.modules.data`) and kept; each
+  its keys/values are computed once per fixed batch (:mod:`fvtrain.data.datamodules`) and kept; each
   step runs only the new columns against that cache, with gradient.
 
 The frozen LM (:class:`~fvtrain.models.wrapper.FrozenLM`, not an ``nn.Module``) is a plain
@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from torch import nn
 
-from fvtrain.modules.metrics import RelationScores, mean_over_relations, relation_scores
+from fvtrain.training.metrics import RelationScores, mean_over_relations, relation_scores
 from fvtrain.prompts import DEFAULT_TEMPLATE, PromptBatch, PromptTemplate, make_batch
 
 log = logging.getLogger("fvtrain.ffv")
@@ -148,6 +148,8 @@ class FFVModule(LightningModule):
         self.save_hyperparameters(hp)
         self._lm = None
         self._store: dict = {}
+        # {"<mode>/<method>" or "icl": {acc, prob, count}} per relation, set by the test loop.
+        self.test_results: dict[str, dict[str, torch.Tensor]] = {}
 
     # -- the frozen LM -----------------------------------------------------------------------
     @property
@@ -406,15 +408,19 @@ class FFVModule(LightningModule):
             self.test_metrics[f"{prep.mode}__{name}"].update(prep.relation_index, correct[:, j], prob[:, j])
 
     def on_test_epoch_end(self) -> None:
+        # Results are kept on the module (``test_results``) for the job to read, and logged.
+        self.test_results = {}
         for key, metric in self.test_metrics.items():
             mode, method = key.split("__")
             if mode == "icl":
                 res = relation_scores(metric)
                 if bool((res["count"] > 0).any()):
                     self._log_scores("test/icl", res, count=True)
+                    self.test_results["icl"] = {k: v.detach().cpu() for k, v in res.items()}
             elif method in self.methods():
                 res = relation_scores(metric)
                 self._log_scores(f"test/{mode}/{method}", res, count=method == "ffv")
+                self.test_results[f"{mode}/{method}"] = {k: v.detach().cpu() for k, v in res.items()}
             metric.reset()
 
     # -- results -----------------------------------------------------------------------------

@@ -1,0 +1,29 @@
+"""The Hydra ``data`` node mapped onto the readers: read a path, select relations."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fvtrain.errors import ConfigError
+
+
+def name_list(value: Any) -> list[str] | None:
+    """A config list of names, also given as one comma-separated string (``a,b``); None stays None."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    return [str(v) for v in value]
+
+
+def load_relations(data_cfg: Any):
+    """Read ``data.path`` (format detected or ``data.format``) and select ``data.relations``."""
+    from fvtrain.data.readers import read
+
+    relations = data_cfg.get("relations")
+    if relations is not None and not isinstance(relations, str):
+        relations = list(relations)
+    ds = read(data_cfg.path, data_cfg.get("format"), relations)
+    if not ds.relations:
+        raise ConfigError(f"{data_cfg.path}: no relations to work on (data.relations={relations})")
+    return ds

@@ -1,0 +1,1 @@
+"""Reports of finished runs: tables, figures, report.md and metrics.csv."""

@@ -1,0 +1,460 @@
+"""The training job: fine-tuned function vectors (FFVs) with the language model frozen.
+
+:func:`run` is what ``fvtrain-train`` and the main job call. In order: every check that needs no
+weights (config values, geometry, data, splits, a resume checkpoint, the init vectors on disk),
+then the model, FVs extracted here when none are given, one ``Trainer.fit`` (and a second one for
+the random-init baseline), one ``Trainer.test`` with every method side by side, and the artifacts:
+``bank/`` (the basis bank composition reads), ``metrics.json``, ``splits.json``, ``config.yaml``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from fvtrain import __version__, runs
+from fvtrain.errors import ConfigError
+from fvtrain.runtime import ModelLike, obtain, seed_everything
+
+log = logging.getLogger("fvtrain.train")
+
+METRIC_KEYS_DOC = (
+    "zero_shot_acc.relations[relation][method] and zero_shot_acc.mean[method]: zero-shot test "
+    "accuracy (top-1 first token, any accepted answer) of each method: none (no vector), fv (the "
+    "extracted function vector), ffv (the fine-tuned vector), ffv_random (FFV trained from a random "
+    "init with the FV's norm, when ffv.random_baseline=true), icl (clean 10-shot ICL prompts, no "
+    "vector). relations[relation][mode][method] = {acc, prob, n} for mode zero_shot and "
+    "shuffled_icl; relations[relation].icl = {acc, prob, n, source}. mean[mode][method] and "
+    "mean.icl are means over relations."
+)
+
+
+@dataclass
+class TrainResult(runs.StageResult):
+    """The training run: ``bank`` is the folder of FFVs; ``fv_source`` the FVs they started from."""
+
+    bank: Path = Path()
+    layer: int = 0
+    fv_source: Path | None = None
+
+
+# -- checks that need no model ---------------------------------------------------------------------
+
+def _list(node) -> list:
+    if node is None:
+        return []
+    if isinstance(node, str):
+        return [node]
+    return list(node)
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Everything in ``cfg.ffv`` that can be refused before loading a model."""
+    from fvtrain.data.datamodules import EVAL_MODES, TRAIN_MODES
+    from fvtrain.training.init import INITS
+    from fvtrain.training.module import IMPLS, LOSS_TARGETS, SELECT
+
+    f = cfg.ffv
+    checks = [
+        ("ffv.init", f.init, INITS), ("ffv.impl", f.impl, IMPLS),
+        ("ffv.loss.target", f.loss.target, LOSS_TARGETS), ("ffv.select", f.select, SELECT),
+    ]
+    for key, value, allowed in checks:
+        if value not in allowed:
+            raise ConfigError(f"{key}={value!r}: use one of {', '.join(allowed)}")
+    for key, allowed in (("train_modes", TRAIN_MODES), ("val_modes", EVAL_MODES), ("test_modes", EVAL_MODES)):
+        modes = _list(f[key])
+        bad = [m for m in modes if m not in allowed]
+        if bad or (key != "test_modes" and not modes):
+            raise ConfigError(f"ffv.{key}={modes}: use one or more of {', '.join(allowed)}")
+    if float(f.loss["lambda"]) < 0:
+        raise ConfigError(f"ffv.loss.lambda must be >= 0, got {f.loss['lambda']}")
+    if int(f.batch_per_relation) < 1 or int(f.eval_batch_size) < 1:
+        raise ConfigError("ffv.batch_per_relation and ffv.eval_batch_size must be positive")
+
+
+def model_d_model(cfg: DictConfig) -> int:
+    from fvtrain.models.loading import load_config
+
+    c = load_config(cfg.model.name, cfg.model.get("revision"), cfg.model.get("trust_remote_code", False))
+    c = getattr(c, "text_config", None) or c
+    for name in ("hidden_size", "n_embd", "d_model"):
+        if getattr(c, name, None) is not None:
+            return int(getattr(c, name))
+    raise ConfigError(f"cannot read d_model from the config of {cfg.model.name}")
+
+
+def resolve_ckpt(ckpt_path: str | None, out: Path) -> Path | None:
+    """``last`` (this run folder), a run folder, or a checkpoint file."""
+    if ckpt_path in (None, "", "null"):
+        return None
+    if str(ckpt_path) == "last":
+        p = out / runs.CHECKPOINTS / "last.ckpt"
+        if not p.is_file():
+            log.warning("ckpt_path=last but %s does not exist: starting from scratch", p)
+            return None
+        return p
+    p = Path(str(ckpt_path)).expanduser()
+    if p.is_dir():
+        for cand in (p / runs.CHECKPOINTS / "last.ckpt", p / "last.ckpt"):
+            if cand.is_file():
+                return cand
+        raise ConfigError(f"ckpt_path={ckpt_path}: no checkpoints/last.ckpt in that folder")
+    if not p.is_file():
+        raise ConfigError(f"ckpt_path={ckpt_path} does not exist")
+    return p
+
+
+def load_checkpoint(path: Path) -> dict:
+    """A Lightning checkpoint read without unpickling code (tensors and plain containers only)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any failure is a damaged or foreign checkpoint
+        raise ConfigError(f"checkpoint {path} cannot be read ({type(err).__name__}: {err}); it is "
+                          "damaged or was not written by fvtrain: delete it or pick another ckpt_path") from err
+
+
+def check_checkpoint(path: Path, relations: list[str], d_model: int, model_id: str) -> dict:
+    """Refuse a checkpoint of other relations, another model or another vector size."""
+    hp = load_checkpoint(path).get("hyper_parameters", {})
+    if hp.get("relations") is not None and list(hp["relations"]) != list(relations):
+        raise ConfigError(f"checkpoint {path} holds vectors of relations {hp['relations']}, "
+                          f"this run trains {relations}")
+    if hp.get("d_model") is not None and int(hp["d_model"]) != d_model:
+        raise ConfigError(f"checkpoint {path} holds vectors of size {hp['d_model']}, this model has "
+                          f"d_model {d_model}")
+    if hp.get("model_id") is not None and hp["model_id"] != model_id:
+        raise ConfigError(f"checkpoint {path} was trained with model {hp['model_id']!r}, this run uses "
+                          f"{model_id!r}")
+    return hp
+
+
+# -- the job ---------------------------------------------------------------------------------------
+
+def run(cfg: DictConfig, out: Path, lm: ModelLike, fv_source: Path | str | None = None) -> TrainResult:
+    """Train FFVs for ``cfg`` (a composed ``train.yaml``) into ``out``.
+
+    ``fv_source`` is the extraction run (or folder of FVs) to start from; None uses
+    ``cfg.ffv.fv_run``, and when that is null too the FVs are extracted here (``extraction/``).
+    """
+    from hydra.utils import instantiate
+
+    from fvtrain.data.select import load_relations
+    from fvtrain.data.splits import save_splits, split_hash, split_relation
+    from fvtrain.preflight import check_geometry
+    from fvtrain.prompts import PromptTemplate
+    from fvtrain.data.datamodules import RelationDataModule, check_demos, needs_demos
+    from fvtrain.training.init import InitArtifactError, common_layer, initial_vectors, load_init_vectors
+    from fvtrain.training.module import FFVModule, LMFactory
+    from fvtrain.training.trainer import build_trainer, instantiate_callbacks, instantiate_loggers, \
+        start_loggers, tidy_lightning_logging
+
+    t_start = time.time()
+    tidy_lightning_logging()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    f = cfg.ffv
+    seed = int(cfg.seed)
+    template = PromptTemplate(cfg.prompt.template)
+    check_config(cfg)
+    if f.num_threads:
+        torch.set_num_threads(int(f.num_threads))
+
+    # -- everything checkable without the model -------------------------------------------
+    geo = check_geometry(cfg, f.layer)
+    d_model = model_d_model(cfg)
+    ds = load_relations(cfg.data)
+    splits = {name: split_relation(rel, int(cfg.data.n_train), cfg.data.n_val, seed)
+              for name, rel in ds.relations.items()}
+    relations = list(splits)
+    hashes = {n: split_hash(s) for n, s in splits.items()}
+    train_modes, val_modes, test_modes = _list(f.train_modes), _list(f.val_modes), _list(f.test_modes)
+    if needs_demos(train_modes, val_modes + test_modes, bool(f.icl)):
+        for s in splits.values():
+            check_demos(s, int(f.n_shots))
+
+    resume = resolve_ckpt(cfg.ckpt_path, out)
+    if resume is not None:
+        check_checkpoint(resume, relations, d_model, cfg.model.name)
+
+    fv_run = fv_source if fv_source is not None else f.fv_run
+    if fv_run is None and resume is not None:
+        prev = resume.parent.parent / runs.EXTRACTION  # a run folder that extracted its own FVs
+        if (prev / runs.VECTORS).is_dir():
+            fv_run = str(prev)
+            log.info("resuming: reusing the FVs extracted in %s", prev)
+    need_fv = f.init in ("fv", "random") or bool(f.compare_fv)
+    fv, fv_manifests, fv_folder = None, {}, None
+    if fv_run is not None:
+        fv, fv_manifests, fv_folder = load_init_vectors(
+            fv_run, relations, model_id=cfg.model.name, d_model=d_model, layer=f.layer,
+            split_hashes=None if f.allow_split_mismatch else hashes)
+    layer = f.layer if f.layer is not None else common_layer(fv_manifests)
+    if layer is None:
+        layer = max(0, round(geo["n_layers"] / 3))
+    layer = int(layer)
+    if fv is None and need_fv:
+        from fvtrain.extraction.job import check_shots
+
+        for s in splits.values():
+            check_shots(s, int(cfg.extract.n_shots))
+
+    runs.save_config(cfg, out)
+    save_splits(out / runs.SPLITS, splits, seed=seed, n_train=int(cfg.data.n_train))
+
+    # -- the model, and the FVs when they must be extracted here ---------------------------
+    seed_everything(seed)
+    lm = obtain(lm)
+    lm.check_layer(layer)
+    if fv_manifests:
+        revs = {m.get("model_revision") for m in fv_manifests.values()} - {None}
+        if lm.source.revision is not None and revs and revs != {lm.source.revision}:
+            raise InitArtifactError(f"the init vectors were made with revision(s) {sorted(revs)} of "
+                                    f"{lm.model_id}, this run loaded {lm.source.revision!r}")
+    if fv is None and need_fv:
+        fv, fv_manifests, fv_folder = extract_fvs(cfg, lm, splits, template, seed, layer, out)
+    frozen = sum(p.numel() for p in lm.model.parameters())
+    lr_scale = residual_scale(lm, splits, template, layer) if f.lr_scale == "rms" else float(f.lr_scale)
+    log.info("layer %d, learning-rate scale %.4g (%s)", layer, lr_scale, f.lr_scale)
+
+    # ICL baseline: reuse the extraction's numbers when they were measured on the same prompts.
+    icl_reused = reusable_icl(fv_manifests, hashes, template, seed, int(f.n_shots)) \
+        if f.icl and f.icl_from_extraction else {}
+    icl_compute = [r for r in relations if f.icl and r not in icl_reused]
+
+    dm = RelationDataModule(splits, template, train_modes, val_modes, test_modes, icl_compute,
+                       int(f.n_shots), int(f.n_shuffled), int(f.batch_per_relation), int(f.eval_batch_size), seed)
+    optimizer = instantiate(cfg.optim.optimizer)
+    scheduler = instantiate(cfg.optim.scheduler) if cfg.optim.get("scheduler") else None
+    factory = LMFactory(OmegaConf.to_container(cfg.model, resolve=True))
+    hp_common = {
+        "model_id": lm.model_id, "model_revision": lm.source.revision, "params_frozen": frozen,
+        "train_modes": train_modes, "n_shots": int(f.n_shots), "n_shuffled": int(f.n_shuffled),
+        "batch_per_relation": int(f.batch_per_relation), "seed": seed, "select": f.select,
+        "fv_source": str(fv_folder) if fv_folder else None,
+        "optimizer": OmegaConf.to_container(cfg.optim, resolve=True),
+        "max_epochs": cfg.trainer.get("max_epochs"), "fvtrain_version": __version__,
+    }
+
+    def make_module(init_kind: str, prefix: str = "") -> FFVModule:
+        init = initial_vectors(init_kind, relations, d_model, seed, fv)
+        m = FFVModule(relations, layer, init, fv if f.compare_fv or init_kind == "fv" else None,
+                      lm_factory=factory, optimizer=optimizer, scheduler=scheduler,
+                      scheduler_interval=cfg.optim.get("interval", "epoch"), lr_scale=lr_scale,
+                      loss_target=f.loss.target, lam=float(f.loss["lambda"]), impl=f.impl,
+                      template=template, val_modes=val_modes, test_modes=test_modes,
+                      log_prefix=prefix, log_per_relation=bool(f.log_per_relation),
+                      hparams={**hp_common, "init": init_kind, "variant": prefix.rstrip("/") or "ffv"})
+        return m.attach_lm(lm)
+
+    loggers = instantiate_loggers(cfg)
+    start_loggers(loggers)
+    has_logger = bool(loggers)
+
+    # -- fit the FFVs ----------------------------------------------------------------------
+    times = {}
+    module = make_module(f.init)
+    t0 = time.time()
+    trainer = build_trainer(cfg, loggers, instantiate_callbacks(cfg, has_logger=has_logger))
+    trainer.fit(module, datamodule=dm, ckpt_path=str(resume) if resume else None)
+    times["fit_s"] = time.time() - t0
+    vectors = select(module, trainer, f.select)
+
+    random_vectors, random_module = None, None
+    if f.random_baseline:
+        random_module = make_module("random", prefix="random/").share_from(module)
+        rresume = resume.parent / "random" / "last.ckpt" if resume is not None else None
+        t0 = time.time()
+        rtrainer = build_trainer(cfg, loggers, instantiate_callbacks(cfg, variant="random", has_logger=has_logger))
+        rtrainer.fit(random_module, datamodule=dm,
+                     ckpt_path=str(rresume) if rresume is not None and rresume.is_file() else None)
+        times["fit_random_s"] = time.time() - t0
+        random_vectors = select(random_module, rtrainer, f.select)
+
+    # -- test: every method side by side ---------------------------------------------------
+    with torch.no_grad():
+        module.vectors.copy_(vectors.to(module.vectors))
+    if random_vectors is not None:
+        module.set_random_baseline(random_vectors)
+    t0 = time.time()
+    ttrainer = build_trainer(cfg, loggers, instantiate_callbacks(cfg, has_logger=has_logger, checkpoints=False))
+    ttrainer.test(module, datamodule=dm, verbose=False)
+    times["test_s"] = time.time() - t0
+    bank = out / runs.BANK
+    if ttrainer.global_rank != 0:
+        return TrainResult("train", out, {}, bank=bank, layer=layer, fv_source=fv_folder)
+
+    metrics = collect_metrics(module, relations, test_modes, icl_reused, splits)
+    val = _best_val(module, relations)
+    for r in relations:
+        metrics["relations"][r]["val"] = val[r]
+    times["total_s"] = time.time() - t_start
+    metrics.update({
+        "keys": METRIC_KEYS_DOC, "layer": layer, "init": f.init, "select": f.select,
+        "loss_target": f.loss.target, "lambda": float(f.loss["lambda"]), "impl": f.impl,
+        "epochs": int(trainer.current_epoch), "fv_source": str(fv_folder) if fv_folder else None,
+        "lr_scale": lr_scale, "model": lm.describe(), "params": {"trainable": len(relations) * d_model, "frozen": frozen},
+        "times": times,
+    })
+    if f.save_bank:
+        save_bank(bank, lm, relations, vectors, splits, template, cfg, layer, fv_manifests,
+                  metrics, "ffv", val)
+        if random_vectors is not None:
+            save_bank(out / runs.BANK_RANDOM, lm, relations, random_vectors, splits, template, cfg, layer,
+                      fv_manifests, metrics, "ffv_random", _best_val(random_module, relations))
+    metrics = runs.write_metrics(out, "train", metrics)
+    return TrainResult("train", out, metrics, bank=bank, layer=layer, fv_source=fv_folder)
+
+
+def _best_val(module, relations) -> dict:
+    acc, prob = module.best_val
+    return {r: {"acc": float(acc[i]), "prob": float(prob[i]), "best_epoch": int(module.best_epoch[i])}
+            for i, r in enumerate(relations)}
+
+
+def residual_scale(lm, splits, template, layer: int, n: int = 64) -> float:
+    """RMS per coordinate of the residual stream where vectors are added (block ``layer``'s output
+    at the last token of zero-shot train prompts): the unit of ``ffv.lr_scale=rms``."""
+    from fvtrain.prompts import make_batch, zero_shot
+
+    pairs = [p for s in splits.values() for p in s.train]
+    pairs = pairs[:: max(1, len(pairs) // n)][:n]
+    norms = []
+    for i in range(0, len(pairs), 32):
+        chunk = pairs[i: i + 32]
+        b = make_batch(lm.tokenizer, [zero_shot(template, p.x) for p in chunk], [p.answers for p in chunk],
+                       template)
+        norms.append(lm.residual_norm(b.prompt_ids, b.prompt_mask, layer))
+    return float(torch.cat(norms).mean()) / lm.d_model ** 0.5
+
+
+def select(module, trainer, how: str) -> torch.Tensor:
+    """Per-relation best validation epoch, the checkpoint with the best mean, or the last epoch."""
+    if how == "best":
+        cb = trainer.checkpoint_callback
+        path = getattr(cb, "best_model_path", "") if cb is not None else ""
+        if not path:
+            log.warning("ffv.select=best but no best checkpoint was kept; using the last vectors")
+            return module.vectors.detach().cpu().clone()
+        return load_checkpoint(Path(path))["state_dict"]["vectors"].float().clone()
+    return module.selected_vectors(how)
+
+
+def extract_fvs(cfg, lm, splits, template, seed, layer, out):
+    """FVs of every relation (train split only), saved as an extraction run under ``extraction/``."""
+    from fvtrain.console import progress
+    from fvtrain.extraction.job import extract_relation, save_extracted
+
+    folder = out / runs.EXTRACTION
+    vecs, mans = [], {}
+    log.info("extracting function vectors at layer %d for %d relation(s)", layer, len(splits))
+    with progress() as bar:
+        task = bar.add_task("extraction", total=len(splits))
+        for name, split in splits.items():
+            ex = extract_relation(lm, split, cfg.extract, template, seed, layer, progress=bar)
+            ex.metrics = {"layer": layer, "heads": [[l, h, a] for l, h, a in ex.heads]}
+            save_extracted(folder, lm, ex, split, template, cfg.extract, seed)
+            v, man = runs.read_vector(folder / runs.VECTORS / f"{name}.safetensors")
+            vecs.append(v)
+            mans[name] = man
+            bar.advance(task)
+    return torch.stack(vecs), mans, folder / runs.VECTORS
+
+
+def reusable_icl(manifests: dict, hashes: dict, template, seed: int, n_shots: int) -> dict:
+    """Clean-ICL test numbers of an extraction run measured on exactly this run's test prompts."""
+    out = {}
+    for r, man in manifests.items():
+        icl = (man.get("metrics") or {}).get("icl")
+        if (icl and man.get("split_hash") == hashes.get(r) and man.get("template") == template.template
+                and man.get("seed") == seed and int(man.get("n_shots", -1)) == n_shots):
+            out[r] = {"acc": icl.get("acc"), "prob": icl.get("prob"), "n": icl.get("n"),
+                      "source": "extraction"}
+    return out
+
+
+def _f32(x: float) -> float:
+    # Logged metrics are float32; metrics.json keeps that precision so that numbers written by
+    # earlier versions (read back from the logger) and by this one are the same.
+    return float(torch.tensor(float(x), dtype=torch.float32))
+
+
+def _mean(xs) -> float | None:
+    xs = [x for x in xs if x is not None]
+    return sum(xs) / len(xs) if xs else None
+
+
+def collect_metrics(module, relations, test_modes, icl_reused, splits) -> dict:
+    """The test table from the module's ``test_results``: per relation, per mode and method."""
+    methods = module.methods()
+    res = module.test_results
+
+    def value(key: str, stat: str, i: int):
+        r = res.get(key)
+        if r is None or not float(r["count"][i]) > 0:
+            return None
+        return _f32(r[stat][i])
+
+    per: dict[str, dict] = {}
+    for i, r in enumerate(relations):
+        entry: dict[str, Any] = {}
+        for mode in test_modes:
+            counts = res.get(f"{mode}/ffv")
+            n = None if counts is None else float(counts["count"][i])
+            entry[mode] = {m: {"acc": value(f"{mode}/{m}", "acc", i), "prob": value(f"{mode}/{m}", "prob", i),
+                               "n": None if n is None else int(n)} for m in methods}
+        if r in icl_reused:
+            entry["icl"] = dict(icl_reused[r])
+        elif value("icl", "count", i) is not None:
+            entry["icl"] = {"acc": value("icl", "acc", i), "prob": value("icl", "prob", i),
+                            "n": int(value("icl", "count", i)), "source": "test"}
+        entry["n_test"] = len(splits[r].test)
+        per[r] = entry
+
+    means: dict[str, Any] = {"n_relations": len(relations)}
+    for mode in test_modes:
+        means[mode] = {m: _mean([per[r][mode][m]["acc"] for r in relations]) for m in methods}
+        means[f"{mode}_prob"] = {m: _mean([per[r][mode][m]["prob"] for r in relations]) for m in methods}
+    if any("icl" in per[r] for r in relations):
+        means["icl"] = _mean([per[r].get("icl", {}).get("acc") for r in relations])
+    table_methods = methods + (["icl"] if "icl" in means else [])
+
+    def row(r):
+        zs = per[r].get("zero_shot", {})
+        d = {m: zs[m]["acc"] for m in methods if m in zs}
+        if "icl" in per[r]:
+            d["icl"] = per[r]["icl"]["acc"]
+        return d
+
+    table = {"methods": table_methods, "relations": {r: row(r) for r in relations}}
+    table["mean"] = {m: _mean([table["relations"][r].get(m) for r in relations]) for m in table_methods}
+    return {"zero_shot_acc": table, "relations": per, "mean": means}
+
+
+def save_bank(folder: Path, lm, relations, vectors, splits, template, cfg, layer, fv_manifests,
+              metrics, kind, val) -> None:
+    from fvtrain.artifacts import save_vector
+    from fvtrain.data.splits import split_hash
+
+    f = cfg.ffv
+    for i, r in enumerate(relations):
+        fvm = fv_manifests.get(r, {})
+        test = {k: v for k, v in metrics["relations"][r].items() if k != "val"}
+        man = {
+            "kind": kind, "relation": r, "model_id": lm.model_id, "model_revision": lm.source.revision,
+            "model_type": lm.adapter.model_type, "n_layers": lm.n_layers, "layer": layer,
+            "heads": fvm.get("heads", []), "k": fvm.get("k"), "template": template.template,
+            "n_shots": int(f.n_shots), "split_hash": split_hash(splits[r]), "seed": int(cfg.seed),
+            "init": "random" if kind == "ffv_random" else f.init, "fv_norm": fvm.get("norm"),
+            "loss_target": f.loss.target, "lambda": float(f.loss["lambda"]),
+            "train_modes": _list(f.train_modes), "select": f.select,
+            "best_epoch": val[r]["best_epoch"], "metrics": {"val": val[r], "test": test},
+            "fvtrain_version": __version__,
+        }
+        save_vector(folder, r, vectors[i], man)
