@@ -15,54 +15,11 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 log = logging.getLogger("fvtrain")
 
-CONFIG_ENV = "FVTRAIN_CONFIG_DIR"
-
+from fvtrain.config import CONFIG_ENV, compose, config_dir, rewrite_model_override  # noqa: E402,F401
 from fvtrain.errors import ConfigError  # noqa: E402,F401  (re-exported for scripts and tests)
 from fvtrain.launchers import register as _register_launchers  # noqa: E402
 
 _register_launchers()
-
-
-def config_dir() -> Path:
-    """The Hydra config folder: ``$FVTRAIN_CONFIG_DIR``, the packaged copy, or the source tree."""
-    candidates = []
-    if os.environ.get(CONFIG_ENV):
-        candidates.append(Path(os.environ[CONFIG_ENV]).expanduser())
-    here = Path(__file__).resolve().parent
-    candidates += [here / "conf", here.parent / "conf"]
-    for c in candidates:
-        if (c / "extract.yaml").is_file():
-            return c
-    raise FileNotFoundError(
-        "fvtrain cannot find its Hydra configs (looked in "
-        + ", ".join(str(c) for c in candidates)
-        + "). Install fvtrain from its source tree (pip install -e .) or set "
-        f"{CONFIG_ENV} to the repository's conf/ folder."
-    )
-
-
-def rewrite_model_override(argv: Sequence[str], conf: Path) -> list[str]:
-    """``model=<anything>`` that is not a preset in conf/model/ becomes ``model=hub model.name=...``.
-
-    So ``model=EleutherAI/gpt-j-6b`` or ``model=/data/llama.gguf`` work like named presets.
-    """
-    presets = {p.stem for p in (conf / "model").glob("*.yaml")}
-    out = []
-    for arg in argv:
-        key, sep, value = arg.partition("=")
-        if sep and key in ("model", "+model") and value:
-            values = value.split(",")
-            if any(v not in presets for v in values):
-                names = []
-                for v in values:
-                    if v in presets:
-                        names.append(OmegaConf.load(conf / "model" / f"{v}.yaml").get("name", v))
-                    else:
-                        names.append(v)
-                out += ["model=hub", "model.name=" + ",".join(str(n) for n in names)]
-                continue
-        out.append(arg)
-    return out
 
 
 def run(config_name: str, task: Callable[[DictConfig], Any]) -> None:
@@ -72,32 +29,6 @@ def run(config_name: str, task: Callable[[DictConfig], Any]) -> None:
     conf = config_dir()
     sys.argv = [sys.argv[0], *rewrite_model_override(sys.argv[1:], conf)]
     hydra.main(version_base="1.3", config_path=str(conf), config_name=config_name)(task)()
-
-
-def compose(config_name: str, overrides: Sequence[str] = (), output_dir: str | Path | None = None
-            ) -> DictConfig:
-    """Compose ``conf/<config_name>.yaml`` with overrides, outside a Hydra app (tests, notebooks).
-
-    ``${hydra:runtime.output_dir}`` resolves to ``output_dir`` (default: a new temporary folder).
-    """
-    import tempfile
-
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
-
-    conf = config_dir()
-    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-        cfg = hydra_compose(config_name, overrides=rewrite_model_override(list(overrides), conf),
-                            return_hydra_config=True)
-    out = Path(output_dir) if output_dir is not None else Path(tempfile.mkdtemp(prefix="fvtrain-"))
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(out)
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg["hydra"]
-    return cfg
 
 
 def output_dir() -> Path:

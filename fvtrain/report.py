@@ -40,10 +40,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fvtrain-report: error: {err}", file=sys.stderr)
         return 2
     if not args.quiet:
-        from fvtrain import cli
+        from fvtrain.console import print_table
 
         cols, rows = summary_rows(rep)
-        cli.print_table(f"{rep.kind}: {len(rep.jobs)} job(s)", cols, rows)
+        print_table(f"{rep.kind}: {len(rep.jobs)} job(s)", cols, rows)
         if rep.incomplete:
             print(f"{len(rep.incomplete)} job folder(s) without metrics.json: "
                   + ", ".join(p.name for p in rep.incomplete))

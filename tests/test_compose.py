@@ -534,3 +534,27 @@ def test_training_analogies_sources(tmp_path, tiny_llama):
     assert source == f"file {f}" and [it.c for it in items] == ["up", "dog"]
     marked = [AnalogyItem("a", "b", "c", ("d",), meta={"split": "train"}), ITEMS[0]]
     assert training_analogies(_cfg(), bank, marked, T, 0)[0] == marked[:1]
+
+
+def test_compose_job_takes_the_bank_folder_and_leaves_the_config_alone(tmp_path, tiny_llama):
+    from omegaconf import OmegaConf
+
+    from fvtrain.cli import compose as compose_config
+    from fvtrain.composition import job
+    from fvtrain.composition.tables import analogy_table
+
+    make_bank(tmp_path / "train" / "bank", tiny_llama)
+    cfg = compose_config("compose", ["model=tiny-llama", "composition=softmax", "analogies.max_items=4",
+                                     "compose.also=[]", "compose.baselines=[none]"], output_dir=tmp_path)
+    before = OmegaConf.to_yaml(cfg)
+    OmegaConf.set_readonly(cfg, True)
+    result = job.run(cfg, tmp_path / "compose", tiny_llama, basis=tmp_path / "train")
+    assert OmegaConf.to_yaml(cfg) == before and cfg.basis.path is None
+    assert isinstance(result, job.ComposeResult) and result.stage == "compose"
+    assert result.bank == tmp_path / "train" / "bank" and result.scheme == "softmax"
+    saved = json.loads((tmp_path / "compose" / "metrics.json").read_text())
+    assert list(saved)[:2] == ["stage", "schema_version"] and saved["stage"] == "compose"
+    assert list(saved["methods"]) == ["none", "softmax"]
+    table = analogy_table(saved)
+    assert [r[0] for r in table.rows] == ["none", "softmax"] and "4 items" in table.title
+    assert table.rows[1][4] == pytest.approx(saved["methods"]["softmax"]["mc"]["all"]["acc"])

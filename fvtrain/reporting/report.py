@@ -124,7 +124,10 @@ def _read_metrics(folder: Path) -> dict:
 
 
 def detect_stages(folder: Path, metrics: Mapping) -> list[str]:
-    """Which of extract / train / compose / eval wrote ``folder`` (several for a pipeline run)."""
+    """The stage that wrote ``folder``: what its metrics.json declares. Folders written before
+    stages were declared (no ``stage`` key) are recognised by their content."""
+    if metrics.get("stage") in STAGES:
+        return [str(metrics["stage"])]
     stages = []
     rels = metrics.get("relations")
     if (folder / "aie").is_dir() or (isinstance(rels, dict) and any(

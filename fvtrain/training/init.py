@@ -9,7 +9,7 @@ from typing import Sequence
 
 import torch
 
-from fvtrain.artifacts import load_vector
+from fvtrain import runs
 from fvtrain.errors import ArtifactError, ConfigError
 
 INITS = ("fv", "random", "zeros")
@@ -22,11 +22,10 @@ class InitArtifactError(ArtifactError):
 def vector_dir(path: str | Path) -> Path:
     """The folder holding ``<relation>.safetensors`` + ``.json``: a run folder's ``vectors/``
     (extraction) or ``bank/`` (training), or that folder itself."""
-    p = Path(path).expanduser()
-    for cand in (p / "vectors", p / "bank", p):
-        if cand.is_dir() and any(cand.glob("*.safetensors")):
-            return cand
-    if not p.exists():
+    found = runs.find_vector_folder(path, runs.INIT_FOLDERS)
+    if found is not None:
+        return found[0]
+    if not Path(path).expanduser().exists():
         raise InitArtifactError(f"ffv.fv_run={str(path)!r} does not exist")
     raise InitArtifactError(
         f"ffv.fv_run={str(path)!r} holds no vectors (expected <relation>.safetensors + .json in it, or "
@@ -52,15 +51,16 @@ def load_init_vectors(
     """
     folder = vector_dir(path)
     vecs, mans = [], {}
-    missing = [r for r in relations if not (folder / f"{r}.safetensors").is_file()]
+    files = {f.stem: f for f in runs.vector_files(folder)}
+    missing = [r for r in relations if r not in files]
     if missing:
-        have = sorted(p.stem for p in folder.glob("*.safetensors"))
+        have = sorted(files)
         raise InitArtifactError(
             f"{folder} has no vector for relation(s) {', '.join(missing)} (it has: {', '.join(have) or 'none'}); "
             "extract them first or drop ffv.fv_run to let training run the extraction"
         )
     for r in relations:
-        v, man = load_vector(folder / r)
+        v, man = runs.read_vector(files[r])
         where = folder / f"{r}.json"
         their_model = man.get("model_id")
         if their_model != model_id:
