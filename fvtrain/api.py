@@ -48,7 +48,8 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers only
 
 __all__ = [
     "FunctionVector", "CompositeVector", "load_model", "read_data", "split", "job_config",
-    "extract_fv", "evaluate_fv", "extract", "finetune", "load_bank", "cfv", "solve_analogies",
+    "override_strings",
+    "extract_fv", "evaluate_fv", "save_fv", "extract", "finetune", "load_bank", "cfv", "solve_analogies",
     "evaluate", "complete", "generate",
 ]
 
@@ -71,6 +72,11 @@ class FunctionVector:
     aie: torch.Tensor | None = None
     split: "Split | None" = None
     metrics: dict = field(default_factory=dict)
+    mean: torch.Tensor | None = None         # [layers, heads, head_dim] mean head activations
+    seed: int = 0
+    template: str | None = None
+    config: dict = field(default_factory=dict)  # the extract.* settings it was made with
+    n_corrupt_used: int = 0
 
 
 @dataclass
@@ -302,10 +308,35 @@ def extract_fv(
     cfg = job_config("extract", override_strings(ex) + override_strings(overrides))
     sp = _as_split(relation, data, n_train, n_val, seed)
     layer = lm.check_layer(int(layer)) if layer is not None else lm.default_layer()
+    t = _template(template)
     seed_everything(seed)
-    got = extract_relation(lm, sp, cfg.extract, _template(template), seed, layer)
-    return FunctionVector(got.relation, got.vector, layer, list(got.heads), got.aie, sp,
-                          {"n_corrupt_used": got.n_corrupt_used, "extract": OmegaConf.to_container(cfg.extract)})
+    got = extract_relation(lm, sp, cfg.extract, t, seed, layer)
+    return FunctionVector(got.relation, got.vector, layer, list(got.heads), got.aie, sp, mean=got.mean,
+                          seed=seed, template=t.template, config=OmegaConf.to_container(cfg.extract),
+                          n_corrupt_used=got.n_corrupt_used)
+
+
+def save_fv(lm: "FrozenLM", fvs: "FunctionVector | Iterable[FunctionVector]", folder: str | Path) -> Path:
+    """Write extracted FVs as an extraction run writes them (``folder/vectors/NAME.safetensors`` +
+    manifest, ``folder/aie/NAME.safetensors``), so that :func:`finetune` (``fv_source``),
+    :func:`load_bank` and :func:`evaluate` read them like any run's. Returns ``folder/vectors``.
+
+    >>> save_fv(lm, [fv], "runs/my_fvs")
+    """
+    from omegaconf import OmegaConf
+
+    from fvtrain import runs
+    from fvtrain.extraction.job import Extracted, save_extracted
+
+    folder = Path(folder)
+    for fv in [fvs] if isinstance(fvs, FunctionVector) else list(fvs):
+        if fv.split is None or fv.mean is None or fv.aie is None:
+            raise ValueError(f"FV {fv.relation!r} was not made by extract_fv (no split or activations)")
+        ex = Extracted(fv.relation, fv.vector, list(fv.heads), fv.aie, fv.mean, fv.layer,
+                       metrics={"layer": fv.layer, "heads": [list(h) for h in fv.heads], **fv.metrics},
+                       n_corrupt_used=fv.n_corrupt_used)
+        save_extracted(folder, lm, ex, fv.split, _template(fv.template), OmegaConf.create(fv.config), fv.seed)
+    return folder / runs.VECTORS
 
 
 def evaluate_fv(lm: "FrozenLM", fv: FunctionVector, pairs: str = "test", n_shots: int = 10,
@@ -353,33 +384,53 @@ def finetune(lm: Any, relations: str | Iterable[str] | None = None, out: str | P
              fv_source: Any = None, max_epochs: int | None = None,
              overrides: Overrides = None) -> "TrainResult":
     """FFV training (what ``fvtrain-train`` runs): one vector per relation trained with the LM
-    frozen, starting from the FVs of ``fv_source`` (an extraction run, its result, or a folder of
-    vectors); without one the FVs are extracted first with the ``extract.*`` settings.
-    Writes ``out/bank/`` (the basis bank), ``metrics.json`` (zero-shot test accuracy of none / FV /
-    FFV / ICL), checkpoints and logs; ``out`` defaults to a new ``outputs/train/<date>/<time>``.
+    frozen, starting from the FVs of ``fv_source``: an extraction run (folder or result), a folder
+    of vectors, or :class:`FunctionVector` objects from :func:`extract_fv` (saved first under
+    ``out/extraction/``; ``relations`` defaults to theirs). Without ``fv_source`` the FVs are
+    extracted first with the ``extract.*`` settings. Writes ``out/bank/`` (the basis bank),
+    ``metrics.json`` (zero-shot test accuracy of none / FV / FFV / ICL), checkpoints and logs;
+    ``out`` defaults to a new ``outputs/train/<date>/<time>``. FVs made on another split than the
+    run's (``data.n_train``, ``data.n_val``, ``seed``) are refused.
 
     >>> ffv = finetune(lm, ["antonym", "plural"], "runs/train", max_epochs=2)
     >>> ffv.metrics["zero_shot_acc"]["mean"]          # {'none': ..., 'fv': ..., 'ffv': ..., 'icl': ...}
+    >>> ffv = finetune(lm, fv_source=[fv_antonym, fv_plural], out="runs/train2")
     """
+    from fvtrain import runs
     from fvtrain.training import job
 
+    fvs = None
+    if isinstance(fv_source, FunctionVector):
+        fv_source = [fv_source]
+    if isinstance(fv_source, (list, tuple)) and all(isinstance(f, FunctionVector) for f in fv_source):
+        fvs, fv_source = list(fv_source), None
+        if relations is None:
+            relations = [f.relation for f in fvs]
     extra = dict(_relations_override(relations))
     if max_epochs is not None:
         extra["trainer.max_epochs"] = int(max_epochs)
     cfg, folder, model = _prepare("train", lm, out, [*override_strings(extra), *override_strings(overrides)])
+    if fvs is not None:
+        from fvtrain.runtime import obtain
+
+        fv_source = save_fv(obtain(model), fvs, folder / runs.EXTRACTION)
     return job.run(cfg, folder, model, fv_source=None if fv_source is None else _folder(
         getattr(fv_source, "vectors", None) or fv_source))
 
 
 def load_bank(path: Any, relations: str | Iterable[str] | None = None) -> "BasisBank":
     """The basis bank of a training run (``bank/``), an extraction run (``vectors/``), a stage
-    result or a folder of vectors (:func:`fvtrain.composition.load_bank`).
+    result, a folder of vectors (:func:`fvtrain.composition.load_bank`) or a loaded bank;
+    ``relations`` keeps those, in that order.
 
     >>> bank = load_bank(ffv)
     >>> bank.names, bank.layer, bank.vectors.shape
     """
     from fvtrain.composition import load_bank as _load
+    from fvtrain.composition.bank import BasisBank
 
+    if isinstance(path, BasisBank):
+        return path.select(relations)
     if hasattr(path, "bank") and isinstance(getattr(path, "bank"), Path):
         path = path.bank
     elif hasattr(path, "vectors") and isinstance(getattr(path, "vectors"), Path):
@@ -401,9 +452,8 @@ def cfv(lm: "FrozenLM", bank: Any, a: str, b: str, scheme: str = "softmax", temp
     """
     from fvtrain.composition import compose, make_scheme, score_pairs
 
-    if not hasattr(bank, "vectors") or not hasattr(bank, "names"):
-        bank = load_bank(bank)
-    bank.check_compatible(lm, check_model=False)
+    bank = load_bank(bank)
+    bank.check_compatible(lm)
     scores = score_pairs(lm, [(a, b)], bank.vectors, bank.layer, _template(template), 1, max_rows)
     weights = make_scheme(scheme, temperature).weights(scores)
     return CompositeVector(a, b, compose(weights, bank.vectors)[0], bank.layer, list(bank.names),
@@ -423,7 +473,7 @@ def solve_analogies(lm: Any, bank: Any, out: str | Path | None = None, *, scheme
     """
     from fvtrain.composition import job
 
-    basis = load_bank(bank).path if not isinstance(bank, (str, Path)) else bank
+    basis = str(bank) if isinstance(bank, (str, Path)) else load_bank(bank).path
     extra = {"composition": scheme, "analogies.path": analogies, "basis.path": basis}
     cfg, folder, model = _prepare("compose", lm, out, [*override_strings(extra), *override_strings(overrides)])
     return job.run(cfg, folder, model, basis=basis)

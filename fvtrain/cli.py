@@ -23,12 +23,37 @@ _register_launchers()
 
 
 def run(config_name: str, task: Callable[[DictConfig], Any]) -> None:
-    """Run ``task`` as a Hydra app with ``conf/<config_name>.yaml``."""
+    """Run ``task`` as a Hydra app with ``conf/<config_name>.yaml``.
+
+    A config, data or artifact error (:func:`fvtrain.errors.user_errors`) prints one line and exits
+    2; ``HYDRA_FULL_ERROR=1`` shows the traceback instead. In a multirun the error is raised, so the
+    sweep records the job as failed and goes on.
+    """
     import hydra
+
+    from fvtrain.errors import user_errors
 
     conf = config_dir()
     sys.argv = [sys.argv[0], *rewrite_model_override(sys.argv[1:], conf)]
-    hydra.main(version_base="1.3", config_path=str(conf), config_name=config_name)(task)()
+    prog = Path(sys.argv[0]).name
+
+    def guarded(cfg: DictConfig) -> Any:
+        try:
+            return task(cfg)
+        except user_errors() as err:
+            if os.environ.get("HYDRA_FULL_ERROR") == "1" or _multirun():
+                raise
+            print(f"{prog}: error: {err}", file=sys.stderr)
+            sys.exit(2)
+
+    hydra.main(version_base="1.3", config_path=str(conf), config_name=config_name)(guarded)()
+
+
+def _multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 def output_dir() -> Path:

@@ -11,6 +11,10 @@ from omegaconf import DictConfig, OmegaConf
 
 CONFIG_ENV = "FVTRAIN_CONFIG_DIR"
 
+# ``${run_id:}`` in default run folder names: the process id, so that two runs started in the
+# same second get folders of their own (a DDP rank re-launched later inherits the resolved name).
+OmegaConf.register_new_resolver("run_id", lambda: str(os.getpid()), use_cache=True, replace=True)
+
 
 def config_dir() -> Path:
     """The Hydra config folder: ``$FVTRAIN_CONFIG_DIR``, the packaged copy, or the source tree."""

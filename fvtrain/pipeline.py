@@ -38,6 +38,18 @@ def check_stages(cfg: DictConfig) -> list[str]:
 def pipeline(cfg: DictConfig, out: Path | None = None) -> dict:
     """Run the configured stages in order; returns ``{"results": {stage: metrics}, "seconds": ...}``."""
     from fvtrain import runs
+
+    from fvtrain.preflight import check_config
+
+    out = Path(out) if out is not None else cli.output_dir()
+    stages = check_stages(cfg)
+    check_config(cfg)  # every stage's settings, before the first stage loads any weights
+    with runs.claim(out, resume=runs.resuming(cfg)):
+        return _run(cfg, out, stages)
+
+
+def _run(cfg: DictConfig, out: Path, stages: list[str]) -> dict:
+    from fvtrain import runs
     from fvtrain.artifacts import write_json
     from fvtrain.composition import job as compose_job
     from fvtrain.evaluation import job as eval_job
@@ -46,8 +58,6 @@ def pipeline(cfg: DictConfig, out: Path | None = None) -> dict:
     from fvtrain.training import job as train_job
     from fvtrain.training.trainer import finish_wandb
 
-    out = Path(out) if out is not None else cli.output_dir()
-    stages = check_stages(cfg)
     runs.save_config(cfg, out)
     cli.pin_run_dir(out)
     lm = LazyModel(cfg.model)

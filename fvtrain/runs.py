@@ -20,15 +20,21 @@ checks (both files present, model id and revision, d_model, layer, split hashes)
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
+import os
+import socket
+import time
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 
-from fvtrain.artifacts import _atomic, load_vector, read_json, write_json
+from fvtrain.artifacts import _atomic, read_json, write_json
 from fvtrain.errors import ArtifactError
 
 log = logging.getLogger(__name__)
@@ -47,6 +53,7 @@ BANK_RANDOM = "bank_random"
 EXTRACTION = "extraction"
 CHECKPOINTS = "checkpoints"
 FIGURES = "figures"
+LOCK = ".fvtrain.lock"
 
 # Where each use looks for vectors inside a run folder, in order. An FFV training run keeps the FVs
 # it extracted itself under extraction/vectors (and names reused ones in metrics.json fv_source).
@@ -54,6 +61,93 @@ FV_FOLDERS = (VECTORS, f"{EXTRACTION}/{VECTORS}")
 FFV_FOLDERS = (BANK,)
 BASIS_FOLDERS = (BANK, VECTORS)        # composition: a training run's FFVs win over FVs
 INIT_FOLDERS = (VECTORS, BANK)         # FFV init: an extraction run's FVs win over FFVs
+
+
+# -- one run per folder --------------------------------------------------------------------------
+
+class RunFolderError(ArtifactError):
+    """A run folder that belongs to another run (running now, or finished)."""
+
+
+def _rank() -> int:
+    """This process's rank in a multi-process run (0 when there is only one)."""
+    for var in ("RANK", "LOCAL_RANK", "SLURM_PROCID"):
+        if os.environ.get(var, "").isdigit():
+            return int(os.environ[var])
+    return 0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextmanager
+def claim(out: str | Path, resume: bool = False) -> Iterator[Path]:
+    """Hold ``out/.fvtrain.lock`` while a run writes into ``out``.
+
+    A folder locked by a live process is refused, and so is a folder that already holds a finished
+    run (its ``config.yaml``) unless ``resume`` (an interrupted run continued on purpose). A lock
+    left by a process that died on this host is taken over. Only rank 0 of a multi-process run
+    takes the lock; the other ranks write into the folder rank 0 holds.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if _rank() != 0:
+        yield out
+        return
+    lock = out / LOCK
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                other = json.loads(lock.read_text())
+            except (OSError, ValueError):
+                other = {}
+            if other.get("host") == me["host"] and isinstance(other.get("pid"), int) \
+                    and not _alive(other["pid"]):
+                log.warning("taking over the lock of %s left by process %s, which is gone", out, other["pid"])
+                lock.unlink(missing_ok=True)
+                continue
+            raise RunFolderError(
+                f"run folder {out} is in use by process {other.get('pid', '?')} on {other.get('host', '?')} "
+                f"(since {other.get('started', '?')}); give this run its own folder (hydra.run.dir=...) "
+                f"or wait for that run to finish. If no such run exists, delete {lock}"
+            ) from None
+        with os.fdopen(fd, "w") as f:
+            json.dump(me, f)
+        break
+    try:
+        if (out / CONFIG).is_file() and not resume:
+            raise RunFolderError(
+                f"run folder {out} already holds a run (its {CONFIG}); a new run would mix its files "
+                "with the old ones. Give this run its own folder (hydra.run.dir=...), or resume the old "
+                "one with ckpt_path=last"
+            )
+        yield out
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def resuming(cfg: Any) -> bool:
+    """Whether ``cfg`` continues an earlier run in its folder (``ckpt_path`` is set)."""
+    return cfg.get("ckpt_path") not in (None, "", "null")
+
+
+def owns_folder(job: Callable) -> Callable:
+    """Decorate a stage job ``run(cfg, out, lm, ...)`` so that it holds its folder (:func:`claim`)."""
+    @functools.wraps(job)
+    def run(cfg: Any, out: str | Path, lm: Any, *args: Any, **kwargs: Any) -> Any:
+        with claim(out, resume=resuming(cfg)):
+            return job(cfg, Path(out), lm, *args, **kwargs)
+    return run
 
 
 # -- config and metrics --------------------------------------------------------------------------
@@ -144,14 +238,41 @@ def find_vector_folder(path: str | Path, subfolders: Sequence[str]) -> tuple[Pat
     return None
 
 
+def _vector_paths(path: Path) -> tuple[Path, Path]:
+    """``(NAME.safetensors, NAME.json)`` for a vector given by either file or by ``NAME`` (a name
+    may contain dots, so suffixes are cut by name, not by ``Path.with_suffix``)."""
+    name = path.name
+    for suffix in (".safetensors", ".json"):
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    return path.parent / f"{name}.safetensors", path.parent / f"{name}.json"
+
+
 def read_vector(path: Path) -> tuple[torch.Tensor, dict]:
-    """One vector and its manifest; a damaged file is an error that names it."""
+    """One vector and its manifest; a damaged or missing file is an error that names that file."""
+    from fvtrain.artifacts import load_tensors
+
+    path = Path(path)
+    st, js = _vector_paths(path)
+    stem = st.parent / st.name[: -len(".safetensors")]
+    for f in (st, js):
+        if not f.is_file():
+            raise ArtifactError(f"vector {stem}: {f.name} is missing (a vector is {st.name} + {js.name}); "
+                                "rerun the stage that wrote it")
     try:
-        v, man = load_vector(path)
-    except Exception as err:  # noqa: BLE001 - reported with the file name
-        raise ArtifactError(f"cannot read vector {path}: {err}") from err
+        man = read_json(js)
+    except (OSError, ValueError) as err:
+        raise ArtifactError(f"manifest {js} is damaged ({err}); rerun the stage that wrote it") from err
+    if not isinstance(man, dict):
+        raise ArtifactError(f"manifest {js} is not a JSON object; rerun the stage that wrote it")
+    try:
+        v = load_tensors(st)["vector"]
+    except Exception as err:  # noqa: BLE001 - safetensors raises several types; all mean "damaged"
+        raise ArtifactError(f"vector file {st} is damaged ({type(err).__name__}: {err}); rerun the stage "
+                            "that wrote it") from err
     if v.dim() != 1:
-        raise ArtifactError(f"vector {path} has shape {tuple(v.shape)}; expected one 1-D vector")
+        raise ArtifactError(f"vector {st} has shape {tuple(v.shape)}; expected one 1-D vector")
     return v.float(), man
 
 

@@ -25,12 +25,12 @@ from fvtrain.composition import (
     target_logprob,
 )
 from fvtrain.composition.training import (
-    CombinerDataModule,
     analogies_from_pairs,
     fit_combiner,
     relation_train_pairs,
 )
 from fvtrain.data import load as load_data
+from fvtrain.data.datamodules import AnalogyDataModule
 from fvtrain.data.splits import save_splits, split_hash, split_relation
 from fvtrain.data.types import AnalogyItem, Pair
 from fvtrain.evaluation.analogy import AnalogyEncodingError, check_encodable, evaluate_items, summarise
@@ -355,8 +355,9 @@ def test_combiner_training_lowers_the_loss_and_leaves_the_lm_alone(tmp_path, tin
     items = analogies_from_pairs(pairs, 12, seed=0)
     scores = score_pairs(lm, [(it.a, it.b) for it in items], basis, 1, T)
     c = AffineCombiner(3, optimizer=partial(torch.optim.Adam, lr=0.05), lm=lm, basis=basis, layer=1)
-    data = CombinerDataModule(items, scores, lm.tokenizer, T, batch_size=4, val_fraction=0.25, seed=0, lm=lm)
-    plain = CombinerDataModule(items, scores, lm.tokenizer, T, batch_size=4, val_fraction=0.25, seed=0)
+    data = AnalogyDataModule(items, scores, lm.tokenizer, T, batch_size=4, val_fraction=0.25, seed=0,
+                             prefix_cache=lm.prefix_cache)
+    plain = AnalogyDataModule(items, scores, lm.tokenizer, T, batch_size=4, val_fraction=0.25, seed=0)
 
     def loss(d=data):
         with torch.no_grad():

@@ -71,12 +71,12 @@ def test_same_seed_same_vectors_other_seed_differs(tiny_run, tmp_path):
     ("data.relations=[antonymm]", "unknown relation 'antonymm'"),
 ])
 def test_bad_config_fails_before_model_work(tmp_path, override, message, monkeypatch):
-    import fvtrain.cli
+    from fvtrain.runtime import LazyModel
 
-    def no_model(cfg):
+    def no_model(self):
         raise AssertionError("the model was loaded before the config was validated")
 
-    monkeypatch.setattr(fvtrain.cli, "load_model", no_model)
+    monkeypatch.setattr(LazyModel, "__call__", no_model)
     with pytest.raises(ValueError) as err:
         _extract_in_process(tmp_path, override)
     assert message in str(err.value)

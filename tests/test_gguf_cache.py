@@ -17,7 +17,8 @@ def _entry(tmp_path, sha="ab" * 32):
     entry.mkdir(parents=True)
     save_file({"w": torch.arange(10.0)}, str(entry / "model.safetensors"))
     (entry / "config.json").write_text("{}")
-    man = {"version": 1, "source_sha256": sha, "files": loading._entry_files(entry)}
+    man = {"version": loading._CACHE_VERSION, "source_sha256": sha, "files": loading._entry_files(entry),
+           "sha256": loading._entry_hashes(entry)}
     (entry / "fvtrain-cache.json").write_text(json.dumps(man))
     return entry, sha
 
@@ -50,6 +51,37 @@ def test_corrupt_header_same_size_is_detected(tmp_path):
     assert not loading.cache_entry_valid(entry, sha)
 
 
+def _zero_tensor(path, name=None) -> str:
+    """Overwrite one tensor's bytes with zeros in place (same size, valid header); returns its name."""
+    raw = path.read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8 : 8 + n])
+    name = name or next(k for k, v in header.items() if k != "__metadata__" and v["data_offsets"][1] > v["data_offsets"][0])
+    a, b = header[name]["data_offsets"]
+    with open(path, "r+b") as f:
+        f.seek(8 + n + a)
+        f.write(b"\0" * (b - a))
+    return name
+
+
+def test_weight_zeroed_in_place_is_detected(tmp_path):
+    """Same size, valid header, one tensor zeroed: only the content hash sees it."""
+    entry, sha = _entry(tmp_path)
+    size = (entry / "model.safetensors").stat().st_size
+    _zero_tensor(entry / "model.safetensors", "w")
+    assert (entry / "model.safetensors").stat().st_size == size
+    assert not loading.cache_entry_valid(entry, sha)
+
+
+def test_entry_of_an_older_cache_version_is_rebuilt(tmp_path):
+    entry, sha = _entry(tmp_path)
+    man = json.loads((entry / "fvtrain-cache.json").read_text())
+    man["version"] = 1
+    del man["sha256"]
+    (entry / "fvtrain-cache.json").write_text(json.dumps(man))
+    assert not loading.cache_entry_valid(entry, sha)
+
+
 def test_cache_root_from_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("FVTRAIN_CACHE", str(tmp_path / "c"))
     assert loading.cache_root() == tmp_path / "c"
@@ -57,15 +89,21 @@ def test_cache_root_from_environment(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_damaged_embedded_cache_is_rebuilt(tmp_path, monkeypatch, embedded_lm):
-    """Copy the real cache entry, truncate its weights, and load: it is rebuilt and loads."""
+    """Copy the real cache entry, zero one weight in place (same size), and load: the damage is
+    seen, the entry is rebuilt, and the rebuilt model has the original weight."""
     gguf, sha = loading.embedded_gguf()
     good = loading.gguf_cache_entry(gguf, sha)
     monkeypatch.setenv("FVTRAIN_CACHE", str(tmp_path))
     copy = tmp_path / "gguf" / good.name
     shutil.copytree(good, copy)
     st = copy / "model.safetensors"
-    st.write_bytes(st.read_bytes()[: 1 << 20])
+    size = st.stat().st_size
+    name = _zero_tensor(st, "model.layers.0.self_attn.o_proj.weight")
+    assert st.stat().st_size == size
     assert not loading.cache_entry_valid(copy, sha)
     rebuilt = loading.gguf_cache_entry(gguf, sha)
     assert rebuilt == copy and loading.cache_entry_valid(rebuilt, sha)
-    assert (rebuilt / "model.safetensors").stat().st_size == (good / "model.safetensors").stat().st_size
+    from safetensors import safe_open
+
+    with safe_open(str(rebuilt / "model.safetensors"), "pt") as f, safe_open(str(good / "model.safetensors"), "pt") as g:
+        assert torch.equal(f.get_tensor(name), g.get_tensor(name)) and bool(f.get_tensor(name).abs().sum() > 0)

@@ -23,7 +23,9 @@ def test_defaults_compose(tmp_path):
     assert cfg.ffv.loss.target == "first" and cfg.ffv.select == "per_relation"
     assert cfg.optim.optimizer._partial_ and cfg.trainer._target_ == "lightning.Trainer"
     assert list(cfg.logger) == ["csv"] and "model_checkpoint" in cfg.callbacks
-    assert cfg.callbacks.model_checkpoint.save_last and cfg.callbacks.model_checkpoint.monitor == "val/zero_shot/acc"
+    assert cfg.callbacks.model_checkpoint.monitor == "val/zero_shot/acc"
+    # last.ckpt comes from its own unmonitored callback, so it is rewritten after every epoch
+    assert cfg.callbacks.last_checkpoint.filename == "last" and cfg.callbacks.last_checkpoint.monitor is None
     assert cfg.callbacks.model_checkpoint.dirpath == f"{tmp_path}/checkpoints"
     opt = instantiate(cfg.optim.optimizer)([torch.nn.Parameter(torch.zeros(2))])
     assert isinstance(opt, torch.optim.Adam)
@@ -52,7 +54,7 @@ def test_logger_selection(tmp_path):
     assert set(many.logger) == {"csv", "tensorboard", "wandb"}
     assert many.logger.wandb.mode in ("online", "offline", "disabled") and many.logger.wandb.offline is False
     cbs = [type(c).__name__ for c in instantiate_callbacks(cfg)]
-    assert cbs == ["ModelCheckpoint", "RichProgressBar", "LearningRateMonitor"]
+    assert cbs == ["ModelCheckpoint", "ModelCheckpoint", "RichProgressBar", "LearningRateMonitor"]
     rnd = instantiate_callbacks(cfg, variant="random")[0]
     assert rnd.monitor == "random/val/zero_shot/acc" and rnd.dirpath.endswith("checkpoints/random")
     assert "LearningRateMonitor" not in [type(c).__name__ for c in instantiate_callbacks(cfg, has_logger=False)]

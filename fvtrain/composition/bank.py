@@ -180,7 +180,7 @@ def load_bank(path: str | Path, relations: str | Iterable[str] | None = None) ->
         except ArtifactError as err:
             raise _bank_error(err) from err
         if "layer" not in man:
-            raise BankError(f"basis vector {f.with_suffix('.json')} has no 'layer' in its manifest; "
+            raise BankError(f"basis vector {f.parent / (f.stem + '.json')} has no 'layer' in its manifest; "
                             "composition needs the injection layer of every vector")
         vecs.append(v)
         mans.append(man)

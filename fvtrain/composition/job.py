@@ -150,6 +150,7 @@ def _eval_items(items: list) -> list:
 # -- the job ----------------------------------------------------------------------------------------
 
 
+@runs.owns_folder
 def run(cfg: DictConfig, out: Path | str, lm: ModelLike, basis: Path | str | None = None) -> ComposeResult:
     """Compose the bank at ``basis`` (default ``cfg.basis.path``) and solve ``cfg.analogies`` into
     ``out`` (``cfg`` is a composed ``compose.yaml`` or ``pipeline.yaml``; it is not modified).
@@ -163,12 +164,14 @@ def run(cfg: DictConfig, out: Path | str, lm: ModelLike, basis: Path | str | Non
     from fvtrain.composition import load_bank, make_scheme, score_pairs
     from fvtrain.console import progress
     from fvtrain.evaluation.analogy import check_encodable, evaluate_methods, summarise
+    from fvtrain.preflight import check_config as check_settings
     from fvtrain.preflight import check_geometry
     from fvtrain.prompts import PromptTemplate
 
     out = Path(out)
     seed = int(cfg.seed)
     template = PromptTemplate(cfg.prompt.template)
+    check_settings(cfg)
     also, baselines = check_config(cfg)
     bank = load_bank(cfg.basis.path if basis is None else basis, name_list(cfg.basis.relations))
     geo = check_geometry(cfg, None)
@@ -332,7 +335,8 @@ def _trainer_factory(train_cfg: DictConfig, lm):
 def _train_affine(cfg, combiner, lm, bank, train_items, source, template, seed, out, bar) -> dict:
     from fvtrain.artifacts import save_tensors
     from fvtrain.composition import score_pairs
-    from fvtrain.composition.training import CombinerDataModule, fit_combiner
+    from fvtrain.composition.training import fit_combiner
+    from fvtrain.data.datamodules import AnalogyDataModule
     from fvtrain.evaluation.analogy import check_encodable
 
     t_cfg = cfg.composition.train
@@ -344,8 +348,8 @@ def _train_affine(cfg, combiner, lm, bank, train_items, source, template, seed, 
                     int(cfg.compose.batch_size), int(cfg.compose.max_rows),
                     progress=lambda n: bar.advance(task, n))
     combiner.attach(lm, bank.vectors, bank.layer)
-    data = CombinerDataModule(train_items, s, lm.tokenizer, template, int(t_cfg.batch_size),
-                              float(t_cfg.val_fraction), seed, lm=lm)
+    data = AnalogyDataModule(train_items, s, lm.tokenizer, template, int(t_cfg.batch_size),
+                              float(t_cfg.val_fraction), seed, prefix_cache=lm.prefix_cache)
     log.info("training the affine combiner on %d analogies (%s)", len(train_items), source)
     info = fit_combiner(combiner, data, _trainer_factory(t_cfg, lm), out)
     save_tensors(out / COMBINER, {"W": combiner.W.detach(), "b": combiner.b.detach()})

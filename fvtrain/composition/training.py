@@ -1,4 +1,4 @@
-"""Training analogies for the affine combiner, its DataModule, and the fit.
+"""Training analogies for the affine combiner, and its fit (the data: :class:`fvtrain.data.datamodules.AnalogyDataModule`).
 
 Training analogies come from (in this order of preference)
 
@@ -18,11 +18,10 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
-from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader
 
 from fvtrain import runs
 from fvtrain.composition.bank import BasisBank
+from fvtrain.data.datamodules import AnalogyDataModule
 from fvtrain.data.splits import Split, load_splits, split_hash, split_relation
 from fvtrain.data.types import AnalogyItem, DataSet, Pair
 from fvtrain.prompts import PromptTemplate, make_batch, zero_shot
@@ -87,84 +86,9 @@ def analogies_from_pairs(
     return out
 
 
-def _as_is(batch: dict) -> dict:
-    return batch
-
-
-class CombinerDataModule(LightningDataModule):
-    """Training analogies with precomputed source scores; a seeded share is held out for validation.
-
-    Batches are fixed once (a seeded shuffle cut into ``batch_size`` chunks; their order is
-    reshuffled every epoch). Given the frozen ``lm``, each batch's prompt prefix (every column of
-    prompt(C) but the last) is run once here and its keys/values are reused at every step: the
-    CFV only enters at the last prompt token, so nothing before it ever changes.
-    """
-
-    def __init__(
-        self,
-        items: Sequence[AnalogyItem],
-        scores: torch.Tensor,
-        tokenizer: Any,
-        template: PromptTemplate | str | None = None,
-        batch_size: int = 16,
-        val_fraction: float = 0.2,
-        seed: int = 0,
-        lm: Any = None,
-    ) -> None:
-        super().__init__()
-        if len(items) != len(scores):
-            raise ValueError(f"{len(items)} training analogies but {len(scores)} score rows")
-        if not items:
-            raise ValueError("the affine combiner needs at least one training analogy")
-        if not 0 <= val_fraction < 1:
-            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-        self.items, self.scores = list(items), scores.float()
-        self.tokenizer, self.lm = tokenizer, lm
-        self.template = template if isinstance(template, PromptTemplate) else PromptTemplate(
-            *(() if template is None else (template,)))
-        self.batch_size, self.seed = batch_size, seed
-        order = list(range(len(self.items)))
-        random.Random(f"fvtrain-combiner-val\0{seed}").shuffle(order)
-        n_val = int(round(val_fraction * len(order))) if len(order) > 1 else 0
-        self.val_idx = sorted(order[:n_val])
-        self.train_idx = sorted(order[n_val:])
-        self._batches: dict[str, list[dict]] = {}
-
-    def collate(self, idx: list[int]) -> dict:
-        t = self.template
-        its = [self.items[i] for i in idx]
-        batch = {
-            "scores": self.scores[idx],
-            "target": make_batch(self.tokenizer, [zero_shot(t, it.c) for it in its],
-                                 [list(it.d) for it in its], t),
-            "index": torch.tensor(idx, dtype=torch.long),
-        }
-        if self.lm is not None:
-            b = batch["target"]
-            batch["cache"] = self.lm.prefix_cache(b.prompt_ids, b.prompt_mask)
-        return batch
-
-    def batches(self, stage: str) -> list[dict]:
-        if stage not in self._batches:
-            idx = list(self.train_idx if stage == "train" else self.val_idx)
-            if stage == "train":
-                random.Random(f"fvtrain-combiner-batches\0{self.seed}").shuffle(idx)
-            self._batches[stage] = [self.collate(idx[i : i + self.batch_size])
-                                    for i in range(0, len(idx), self.batch_size)]
-        return self._batches[stage]
-
-    def train_dataloader(self) -> DataLoader:
-        gen = torch.Generator().manual_seed(self.seed)
-        return DataLoader(self.batches("train"), batch_size=None, shuffle=True, generator=gen,
-                          collate_fn=_as_is)
-
-    def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.batches("val"), batch_size=None, shuffle=False, collate_fn=_as_is)
-
-
 def fit_combiner(
     combiner,
-    data: CombinerDataModule,
+    data: AnalogyDataModule,
     trainer_factory,
     out: Path | None = None,
 ) -> dict:

@@ -28,7 +28,7 @@ from .types import (
     UnknownRelationError,
 )
 
-_LAZY = {"RelationDataModule"}
+_LAZY = {"RelationDataModule", "AnalogyDataModule"}
 
 
 def load(

@@ -26,4 +26,15 @@ def load_relations(data_cfg: Any):
     ds = read(data_cfg.path, data_cfg.get("format"), relations)
     if not ds.relations:
         raise ConfigError(f"{data_cfg.path}: no relations to work on (data.relations={relations})")
+    check_relation_names(ds.relations, data_cfg.path)
     return ds
+
+
+def check_relation_names(names, source) -> None:
+    """Every relation name must make a file name of its own (vectors, AIE maps are named after it)."""
+    from fvtrain.artifacts import UnsafeNameError, check_names
+
+    try:
+        check_names(list(names))
+    except UnsafeNameError as err:
+        raise ConfigError(f"{source}: {err}") from None

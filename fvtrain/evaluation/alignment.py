@@ -32,6 +32,7 @@ from typing import Iterable, Mapping, Sequence
 
 import torch
 
+from fvtrain.errors import ConfigError
 from fvtrain.data.types import Judgment, PrototypicalityRating
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ TRAIN_SKIP = "pair in a train split of the vectors"
 NO_VECTOR_SKIP = "rated pair of a subtype without a vector"
 
 
-class AlignmentError(ValueError):
+class AlignmentError(ConfigError):
     """Judgments and vectors that cannot be aligned (e.g. no relation in common)."""
 
 

@@ -20,6 +20,7 @@ from typing import Mapping, Sequence
 import torch
 from torchmetrics.aggregation import MeanMetric
 
+from fvtrain.errors import ConfigError
 from fvtrain.data.types import AnalogyItem
 from fvtrain.models.scoring import token_logprobs
 from fvtrain.models.wrapper import FrozenLM
@@ -30,7 +31,7 @@ log = logging.getLogger(__name__)
 PROMPTS = ("zero_shot", "one_shot")
 
 
-class AnalogyEncodingError(ValueError):
+class AnalogyEncodingError(ConfigError):
     """An analogy has a word that the model's tokenizer cannot encode."""
 
 

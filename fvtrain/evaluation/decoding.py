@@ -23,6 +23,8 @@ from typing import Mapping, Sequence
 
 import torch
 
+from fvtrain.errors import ConfigError
+
 STOPWORDS = frozenset("""
 a an and are as at be been being by can for from has have in into is it its may of on or that the
 their them then there these they this to was were which with without x y z one ones other another
@@ -30,7 +32,7 @@ something someone thing things item items used use typically often usually
 """.split())
 
 
-class DecodingError(ValueError):
+class DecodingError(ConfigError):
     """A relation-words file that cannot be used."""
 
 

@@ -184,6 +184,7 @@ def relation_sources(sets: dict[str, KindVectors], ds) -> dict[str, dict]:
 
 # -- the job ------------------------------------------------------------------------------------
 
+@runs.owns_folder
 def run(cfg: DictConfig, out: Path, lm: ModelLike,
         vectors: Mapping[str, Path | str | None] | None = None) -> EvalResult:
     """Alignment and decoding of the FV / FFV vectors into ``out`` (``cfg``: a composed ``eval.yaml``
@@ -193,7 +194,7 @@ def run(cfg: DictConfig, out: Path, lm: ModelLike,
     from fvtrain.console import progress
     from fvtrain.evaluation import alignment as al
     from fvtrain.evaluation import decoding as dec
-    from fvtrain.preflight import check_geometry
+    from fvtrain.preflight import check_config, check_geometry
     from fvtrain.prompts import PromptTemplate
 
     out = Path(out)
@@ -203,6 +204,7 @@ def run(cfg: DictConfig, out: Path, lm: ModelLike,
     n_boot, ci = int(a_cfg.n_boot), float(a_cfg.ci)
     sets = load_kinds(cfg, vectors)
     kinds = list(sets)
+    check_config(cfg)
     geo = check_geometry(cfg, None)
     for k, s in sets.items():
         bad = {n: l for n, l in s.layers.items() if l is None or not 0 <= l < geo["n_layers"]}

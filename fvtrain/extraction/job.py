@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 
 from fvtrain import __version__
 from fvtrain import runs
-from fvtrain.artifacts import save_tensors, save_vector
+from fvtrain.artifacts import file_stem, save_tensors, save_vector
 from fvtrain.data.splits import Split, split_hash
 from fvtrain.evaluation.relation import completion, layer_sweep
 from fvtrain.extraction.activations import mean_head_activations
@@ -184,7 +184,7 @@ def manifest(lm: FrozenLM, ex: Extracted, split: Split, template: PromptTemplate
 def save_extracted(out: Path, lm: FrozenLM, ex: Extracted, split: Split, template: PromptTemplate,
                    cfg: DictConfig, seed: int) -> None:
     save_vector(out / runs.VECTORS, ex.relation, ex.vector, manifest(lm, ex, split, template, cfg, seed))
-    save_tensors(out / runs.AIE / f"{ex.relation}.safetensors", {"aie": ex.aie, "mean": ex.mean})
+    save_tensors(out / runs.AIE / f"{file_stem(ex.relation)}.safetensors", {"aie": ex.aie, "mean": ex.mean})
 
 
 def summarise(per_relation: dict[str, dict]) -> dict:
@@ -215,6 +215,7 @@ class ExtractResult(runs.StageResult):
     layer: int = 0
 
 
+@runs.owns_folder
 def run(cfg: DictConfig, out: Path, lm: ModelLike) -> ExtractResult:
     """FVs of every relation of ``cfg.data`` into ``out`` (``cfg`` is a composed ``extract.yaml``).
 
@@ -223,13 +224,14 @@ def run(cfg: DictConfig, out: Path, lm: ModelLike) -> ExtractResult:
     from fvtrain.console import progress
     from fvtrain.data.select import load_relations
     from fvtrain.data.splits import save_splits, split_relation
-    from fvtrain.preflight import check_geometry
+    from fvtrain.preflight import check_config, check_geometry
     from fvtrain.reporting.figures import aie_heatmaps, layer_sweep_curves
 
     out = Path(out)
     seed = int(cfg.seed)
     template = PromptTemplate(cfg.prompt.template)
     ex_cfg = cfg.extract
+    check_config(cfg)
     geo = check_geometry(cfg, ex_cfg.layer, ex_cfg.k)
     layer = int(ex_cfg.layer) if ex_cfg.layer is not None else max(0, round(geo["n_layers"] / 3))
     ds = load_relations(cfg.data)

@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 EMBEDDED_ALIASES = ("gemma3-270m",)
 CACHE_ENV = "FVTRAIN_CACHE"
 _MANIFEST = "fvtrain-cache.json"
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2  # 2: content hashes of every file, verified at load
 
 _DTYPES = {
     "float32": torch.float32,
@@ -121,6 +121,10 @@ def _entry_files(entry: Path) -> dict[str, int]:
     return {p.name: p.stat().st_size for p in sorted(entry.iterdir()) if p.name != _MANIFEST}
 
 
+def _entry_hashes(entry: Path) -> dict[str, str]:
+    return {p.name: sha256_file(p) for p in sorted(entry.iterdir()) if p.name != _MANIFEST}
+
+
 def cache_entry_valid(entry: Path, sha: str) -> bool:
     """True when ``entry`` is a complete cache of the GGUF with hash ``sha``."""
     man = entry / _MANIFEST
@@ -131,6 +135,13 @@ def cache_entry_valid(entry: Path, sha: str) -> bool:
         if data.get("version") != _CACHE_VERSION or data.get("source_sha256") != sha:
             return False
         if _entry_files(entry) != data["files"]:
+            return False
+        # Sizes and headers miss damage in place (a zeroed weight keeps its size): compare the
+        # content of every file with the hashes recorded when the entry was written.
+        changed = [n for n, h in _entry_hashes(entry).items() if data["sha256"].get(n) != h]
+        if changed:
+            log.warning("GGUF cache entry %s: %s changed since it was written (content hash differs); "
+                        "rebuilding", entry, ", ".join(changed))
             return False
         from safetensors import safe_open
 
@@ -169,7 +180,7 @@ def gguf_cache_entry(gguf_path: Path, sha: str | None = None) -> Path:
         tok.save_pretrained(tmp)
         del model
         manifest = {"version": _CACHE_VERSION, "source_sha256": sha, "source": str(gguf_path),
-                    "files": _entry_files(tmp)}
+                    "files": _entry_files(tmp), "sha256": _entry_hashes(tmp)}
         (tmp / _MANIFEST).write_text(json.dumps(manifest, indent=2))
         if entry.exists():
             shutil.rmtree(entry)

@@ -361,7 +361,7 @@ def _figure(folder: Path, name: str, make, refresh: bool, made: list[Path]) -> P
 
 def _aie_heatmap(job: Job):
     def make(path):
-        from fvtrain.artifacts import load_tensors, read_json
+        from fvtrain.artifacts import file_stem, load_tensors, name_of, read_json
         from fvtrain.reporting.figures import aie_heatmaps
 
         folder = _aie_dir(job)
@@ -369,14 +369,14 @@ def _aie_heatmap(job: Job):
         if not files:
             return None
         vec_dir = folder.parent / "vectors"
-        aies = {f.stem: load_tensors(f)["aie"] for f in files}
+        aies = {name_of(f.stem): load_tensors(f)["aie"] for f in files}
         rels = _per_relation(job.metrics) or {}
         tops = {}
         for n in aies:
             heads = (rels.get(n) or {}).get("heads")
-            if heads is None and (vec_dir / f"{n}.json").is_file():
+            if heads is None and (vec_dir / f"{file_stem(n)}.json").is_file():
                 heads = [[h["layer"], h["head"], h.get("aie")] for h in
-                         read_json(vec_dir / f"{n}.json").get("heads", [])]
+                         read_json(vec_dir / f"{file_stem(n)}.json").get("heads", [])]
             tops[n] = heads or []
         return aie_heatmaps(aies, path, tops)
     return make

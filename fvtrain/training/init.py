@@ -51,10 +51,13 @@ def load_init_vectors(
     """
     folder = vector_dir(path)
     vecs, mans = [], {}
-    files = {f.stem: f for f in runs.vector_files(folder)}
+    from fvtrain.artifacts import file_stem
+
+    by_stem = {f.stem: f for f in runs.vector_files(folder)}
+    files = {r: by_stem[file_stem(r)] for r in relations if file_stem(r) in by_stem}
     missing = [r for r in relations if r not in files]
     if missing:
-        have = sorted(files)
+        have = sorted(by_stem)
         raise InitArtifactError(
             f"{folder} has no vector for relation(s) {', '.join(missing)} (it has: {', '.join(have) or 'none'}); "
             "extract them first or drop ffv.fv_run to let training run the extraction"

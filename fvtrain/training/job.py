@@ -54,7 +54,7 @@ def _list(node) -> list:
     return list(node)
 
 
-def check_config(cfg: DictConfig) -> None:
+def check_ffv(cfg: DictConfig) -> None:
     """Everything in ``cfg.ffv`` that can be refused before loading a model."""
     from fvtrain.data.datamodules import EVAL_MODES, TRAIN_MODES
     from fvtrain.training.init import INITS
@@ -116,8 +116,11 @@ def load_checkpoint(path: Path) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any failure is a damaged or foreign checkpoint
-        raise ConfigError(f"checkpoint {path} cannot be read ({type(err).__name__}: {err}); it is "
-                          "damaged or was not written by fvtrain: delete it or pick another ckpt_path") from err
+        others = sorted(p for p in Path(path).parent.glob("*.ckpt") if p.name != Path(path).name)
+        hint = (f"; resume from the other checkpoint in that folder with ckpt_path={others[-1]}, or delete "
+                f"{Path(path).name} to start afresh" if others else f"; delete {Path(path).name} to start afresh")
+        raise ConfigError(f"checkpoint {path} cannot be read ({type(err).__name__}: {str(err)[:200]}): it is "
+                          f"damaged or was not written by fvtrain{hint}") from None
 
 
 def check_checkpoint(path: Path, relations: list[str], d_model: int, model_id: str) -> dict:
@@ -137,6 +140,7 @@ def check_checkpoint(path: Path, relations: list[str], d_model: int, model_id: s
 
 # -- the job ---------------------------------------------------------------------------------------
 
+@runs.owns_folder
 def run(cfg: DictConfig, out: Path, lm: ModelLike, fv_source: Path | str | None = None) -> TrainResult:
     """Train FFVs for ``cfg`` (a composed ``train.yaml``) into ``out``.
 
@@ -147,7 +151,7 @@ def run(cfg: DictConfig, out: Path, lm: ModelLike, fv_source: Path | str | None 
 
     from fvtrain.data.select import load_relations
     from fvtrain.data.splits import save_splits, split_hash, split_relation
-    from fvtrain.preflight import check_geometry
+    from fvtrain.preflight import check_config, check_geometry
     from fvtrain.prompts import PromptTemplate
     from fvtrain.data.datamodules import RelationDataModule, check_demos, needs_demos
     from fvtrain.training.init import InitArtifactError, common_layer, initial_vectors, load_init_vectors
@@ -163,6 +167,7 @@ def run(cfg: DictConfig, out: Path, lm: ModelLike, fv_source: Path | str | None 
     seed = int(cfg.seed)
     template = PromptTemplate(cfg.prompt.template)
     check_config(cfg)
+    check_ffv(cfg)
     if f.num_threads:
         torch.set_num_threads(int(f.num_threads))
 
@@ -262,7 +267,7 @@ def run(cfg: DictConfig, out: Path, lm: ModelLike, fv_source: Path | str | None 
     module = make_module(f.init)
     t0 = time.time()
     trainer = build_trainer(cfg, loggers, instantiate_callbacks(cfg, has_logger=has_logger))
-    trainer.fit(module, datamodule=dm, ckpt_path=str(resume) if resume else None)
+    trainer.fit(module, datamodule=dm, ckpt_path=str(resume) if resume else None, weights_only=True)
     times["fit_s"] = time.time() - t0
     vectors = select(module, trainer, f.select)
 
@@ -273,7 +278,8 @@ def run(cfg: DictConfig, out: Path, lm: ModelLike, fv_source: Path | str | None 
         t0 = time.time()
         rtrainer = build_trainer(cfg, loggers, instantiate_callbacks(cfg, variant="random", has_logger=has_logger))
         rtrainer.fit(random_module, datamodule=dm,
-                     ckpt_path=str(rresume) if rresume is not None and rresume.is_file() else None)
+                     ckpt_path=str(rresume) if rresume is not None and rresume.is_file() else None,
+                     weights_only=True)
         times["fit_random_s"] = time.time() - t0
         random_vectors = select(random_module, rtrainer, f.select)
 

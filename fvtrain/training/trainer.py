@@ -53,7 +53,10 @@ def instantiate_callbacks(cfg: DictConfig, variant: str = "", has_logger: bool =
 def build_trainer(cfg: DictConfig, loggers: list, callbacks: list, **overrides):
     from hydra.utils import instantiate
 
-    kw = dict(logger=loggers if loggers else False, callbacks=callbacks, use_distributed_sampler=False)
+    from fvtrain.training.callbacks import AtomicCheckpointIO
+
+    kw = dict(logger=loggers if loggers else False, callbacks=callbacks, use_distributed_sampler=False,
+              plugins=[AtomicCheckpointIO()])
     kw.update(overrides)
     return instantiate(cfg.trainer, **kw)
 
