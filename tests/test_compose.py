@@ -24,6 +24,7 @@ from fvtrain.composition import (
     source_scores_loop,
     target_logprob,
 )
+from fvtrain.composition.combiner import AffineCombiner
 from fvtrain.composition.training import (
     analogies_from_pairs,
     fit_combiner,
@@ -33,9 +34,13 @@ from fvtrain.data import load as load_data
 from fvtrain.data.datamodules import AnalogyDataModule
 from fvtrain.data.splits import save_splits, split_hash, split_relation
 from fvtrain.data.types import AnalogyItem, Pair
-from fvtrain.evaluation.analogy import AnalogyEncodingError, check_encodable, evaluate_items, summarise
+from fvtrain.evaluation.analogy import (
+    AnalogyEncodingError,
+    check_encodable,
+    evaluate_items,
+    summarise,
+)
 from fvtrain.models import load_model
-from fvtrain.composition.combiner import AffineCombiner
 from fvtrain.prompts import PromptTemplate, icl, make_batch, zero_shot
 
 T = PromptTemplate()

@@ -13,7 +13,6 @@ config, and every key it sets has its value there.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 from omegaconf import DictConfig, OmegaConf

@@ -16,7 +16,13 @@ import pytest
 import torch
 
 from fvtrain import runs
-from fvtrain.artifacts import UnsafeNameError, check_names, file_stem, name_of, save_vector
+from fvtrain.artifacts import (
+    UnsafeNameError,
+    check_names,
+    file_stem,
+    name_of,
+    save_vector,
+)
 from fvtrain.config import compose
 from fvtrain.errors import ArtifactError, ConfigError
 

@@ -11,14 +11,20 @@ import lightning
 import pytest
 import torch
 
+from fvtrain.data.datamodules import (
+    RelationDataModule,
+    ShardSampler,
+    eval_batches,
+    eval_examples,
+    train_batches,
+    train_examples,
+)
 from fvtrain.data.splits import Split
 from fvtrain.data.types import Pair
 from fvtrain.models import load_model
-from fvtrain.data.datamodules import (RelationDataModule, ShardSampler, eval_batches, eval_examples,
-                                  train_batches, train_examples)
-from fvtrain.training.module import FFVModule
-from fvtrain.training.metrics import RelationScores, relation_scores
 from fvtrain.prompts import PromptTemplate, make_batch, shuffled_icl, zero_shot
+from fvtrain.training.metrics import RelationScores, relation_scores
+from fvtrain.training.module import FFVModule
 
 T = PromptTemplate()
 WORDS = [("hot", "cold"), ("big", "small"), ("up", "down"), ("good", "bad"), ("fast", "slow"),

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import random
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import torch
 
@@ -24,7 +24,6 @@ from fvtrain.composition.bank import BasisBank
 from fvtrain.data.datamodules import AnalogyDataModule
 from fvtrain.data.splits import Split, load_splits, split_hash, split_relation
 from fvtrain.data.types import AnalogyItem, DataSet, Pair
-from fvtrain.prompts import PromptTemplate, make_batch, zero_shot
 
 log = logging.getLogger(__name__)
 

@@ -26,13 +26,19 @@ import random
 from typing import Any, Callable, Iterator, NamedTuple, Sequence
 
 import torch
-
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from fvtrain.data.splits import Split, split_hash, splits_from_json, splits_to_json
 from fvtrain.data.types import AnalogyItem
-from fvtrain.prompts import PromptTemplate, icl, make_batch, sample_demos, shuffled_icl, zero_shot
+from fvtrain.prompts import (
+    PromptTemplate,
+    icl,
+    make_batch,
+    sample_demos,
+    shuffled_icl,
+    zero_shot,
+)
 
 TRAIN_MODES = ("zero_shot", "shuffled_icl")
 EVAL_MODES = ("zero_shot", "shuffled_icl")

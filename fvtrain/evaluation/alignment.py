@@ -32,8 +32,8 @@ from typing import Iterable, Mapping, Sequence
 
 import torch
 
-from fvtrain.errors import ConfigError
 from fvtrain.data.types import Judgment, PrototypicalityRating
+from fvtrain.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -20,11 +20,18 @@ from typing import Mapping, Sequence
 import torch
 from torchmetrics.aggregation import MeanMetric
 
-from fvtrain.errors import ConfigError
 from fvtrain.data.types import AnalogyItem
+from fvtrain.errors import ConfigError
 from fvtrain.models.scoring import token_logprobs
 from fvtrain.models.wrapper import FrozenLM
-from fvtrain.prompts import PromptTemplate, encode_target, icl, make_batch, pad_id, zero_shot
+from fvtrain.prompts import (
+    PromptTemplate,
+    encode_target,
+    icl,
+    make_batch,
+    pad_id,
+    zero_shot,
+)
 
 log = logging.getLogger(__name__)
 

@@ -105,17 +105,8 @@ def word_token_ids(tokenizer, word: str) -> dict[str, int]:
 
 
 def lens_logits(lm, vector: torch.Tensor) -> torch.Tensor:
-    """``[vocab]`` logits of a vector read through the final norm and the unembedding.
-
-    Any logit soft-cap is left out: it is monotone, so ranks are the same, and it would only
-    create ties among saturated logits.
-    """
-    lm._check_vector(vector)
-    ad = lm.adapter
-    with torch.no_grad():
-        h = vector.to(lm.device, lm.dtype).reshape(1, 1, -1)
-        logits = ad.unembedding(ad.final_norm(h))[0, 0]
-    return logits.float().cpu()
+    """``[vocab]`` logit-lens logits of a vector (:meth:`FrozenLM.lens_logits`)."""
+    return lm.lens_logits(vector)
 
 
 def rank_of(logits: torch.Tensor, token_id: int) -> int:

@@ -10,7 +10,6 @@ import logging
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from omegaconf import DictConfig

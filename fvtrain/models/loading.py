@@ -14,7 +14,6 @@ import logging
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -300,7 +299,15 @@ def load_config(name: str, revision: str | None = None, trust_remote_code: bool 
 
         return tiny_config(name[5:], vocab_size=len(tiny_tokenizer()))
     if source.kind in ("embedded", "gguf"):
-        gguf = embedded_gguf()[0] if source.kind == "embedded" else Path(source.path)
+        gguf, sha = embedded_gguf() if source.kind == "embedded" else (Path(source.path), None)
+        if sha is not None:
+            # Parsing the GGUF takes seconds; the dequantised cache has the same config as JSON.
+            entry = cache_root() / "gguf" / sha[:32]
+            try:
+                if json.loads((entry / _MANIFEST).read_text()).get("source_sha256") == sha:
+                    return AutoConfig.from_pretrained(str(entry))
+            except (OSError, ValueError):
+                pass
         return AutoConfig.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     try:
         return AutoConfig.from_pretrained(

@@ -356,12 +356,23 @@ class FrozenLM:
             )
         return tok.batch_decode(out[:, T:], skip_special_tokens=True)
 
-    def logit_lens(self, vector: torch.Tensor, k: int = 10) -> list[tuple[str, float]]:
-        """Top-k tokens of a vector read through the final norm and unembedding."""
+    def lens_logits(self, vector: torch.Tensor) -> torch.Tensor:
+        """``[vocab]`` logits of a vector read through the final norm and the unembedding (the
+        logit lens), in float32 on the CPU.
+
+        Any logit soft-cap is left out: it is monotone, so ranks are the same, and it would only
+        create ties among saturated logits.
+        """
         self._check_vector(vector)
+        ad = self.adapter
         with torch.no_grad():
-            logits = self.adapter.unembed(vector.to(self.device, self.dtype).reshape(1, 1, -1))[0, 0]
-        top = logits.float().topk(k)
+            h = vector.to(self.device, self.dtype).reshape(1, 1, -1)
+            logits = ad.unembedding(ad.final_norm(h))[0, 0]
+        return logits.float().cpu()
+
+    def logit_lens(self, vector: torch.Tensor, k: int = 10) -> list[tuple[str, float]]:
+        """Top-k tokens of a vector in the logit lens (:meth:`lens_logits`)."""
+        top = self.lens_logits(vector).topk(k)
         return [(self.tokenizer.decode([int(i)]), float(v)) for v, i in zip(top.values, top.indices)]
 
     # -- start-up check --------------------------------------------------------------------

@@ -149,15 +149,25 @@ def run(cfg: DictConfig, out: Path, lm: ModelLike, fv_source: Path | str | None 
     """
     from hydra.utils import instantiate
 
+    from fvtrain.data.datamodules import RelationDataModule, check_demos, needs_demos
     from fvtrain.data.select import load_relations
     from fvtrain.data.splits import save_splits, split_hash, split_relation
     from fvtrain.preflight import check_config, check_geometry
     from fvtrain.prompts import PromptTemplate
-    from fvtrain.data.datamodules import RelationDataModule, check_demos, needs_demos
-    from fvtrain.training.init import InitArtifactError, common_layer, initial_vectors, load_init_vectors
+    from fvtrain.training.init import (
+        InitArtifactError,
+        common_layer,
+        initial_vectors,
+        load_init_vectors,
+    )
     from fvtrain.training.module import FFVModule, LMFactory
-    from fvtrain.training.trainer import build_trainer, instantiate_callbacks, instantiate_loggers, \
-        start_loggers, tidy_lightning_logging
+    from fvtrain.training.trainer import (
+        build_trainer,
+        instantiate_callbacks,
+        instantiate_loggers,
+        start_loggers,
+        tidy_lightning_logging,
+    )
 
     t_start = time.time()
     tidy_lightning_logging()
