@@ -5,6 +5,7 @@ Only entry points import this module; library code raises :class:`fvtrain.errors
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
@@ -37,6 +38,7 @@ def run(config_name: str, task: Callable[[DictConfig], Any]) -> None:
     sys.argv = [sys.argv[0], *rewrite_model_override(sys.argv[1:], conf)]
     prog = Path(sys.argv[0]).name
 
+    @functools.wraps(task)  # Hydra names the job (and its log file) after the task's module
     def guarded(cfg: DictConfig) -> Any:
         try:
             return task(cfg)

@@ -44,7 +44,10 @@ def pipeline(cfg: DictConfig, out: Path | None = None) -> dict:
     out = Path(out) if out is not None else cli.output_dir()
     stages = check_stages(cfg)
     check_config(cfg)  # every stage's settings, before the first stage loads any weights
-    with runs.claim(out, resume=runs.resuming(cfg)):
+    from fvtrain.tracking import label, scope
+
+    # One logger group for the whole job (its run folder), one run per stage (out/<stage>/).
+    with runs.claim(out, resume=runs.resuming(cfg)), scope(group=label(out, cfg.paths.output_root), name="{stage}"):
         return _run(cfg, out, stages)
 
 

@@ -153,8 +153,12 @@ def owns_folder(job: Callable) -> Callable:
 # -- config and metrics --------------------------------------------------------------------------
 
 def save_config(cfg: Any, out: str | Path) -> Path:
-    """``out/config.yaml``: the resolved config of the run."""
+    """``out/config.yaml``: the resolved config of the run (written by rank 0 only, which holds the
+    folder: another rank started first must not make the folder look finished)."""
     from omegaconf import OmegaConf
+
+    if _rank() != 0:
+        return Path(out) / CONFIG
 
     text = OmegaConf.to_yaml(cfg, resolve=True)
     return _atomic(Path(out) / CONFIG, lambda tmp: Path(tmp).write_text(text))

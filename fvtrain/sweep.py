@@ -1,7 +1,9 @@
 """Multirun bookkeeping: a Hydra callback that records every job's status as it ends.
 
 ``<sweep dir>/sweep_summary.json`` lists each job's number, overrides, folder, status and error,
-updated as each job ends (also from SLURM array tasks on a shared file system). A failing job does
+updated as each job ends (also from SLURM array tasks on a shared file system). Status is
+``completed`` or ``failed``; the SLURM launcher (:mod:`fvtrain.launchers`) adds ``cancelled`` and
+``timeout`` for jobs that SLURM ended before they returned (with ``slurm_job`` and ``slurm_state``). A failing job does
 not stop the others; at the end the summary is printed and failures make the exit status non-zero.
 """
 
@@ -60,7 +62,8 @@ class SweepSummary(Callback):
 
 
 def print_summary(sweep_dir: Path) -> int:
-    """Print the sweep's job table; returns the number of failed jobs."""
+    """Print the sweep's job table; returns the number of jobs that did not complete (``failed``, or
+    ``cancelled``/``timeout`` as the SLURM launcher records jobs that ended without a result)."""
     path = sweep_dir / SUMMARY
     if not path.is_file():
         return 0
@@ -69,4 +72,4 @@ def print_summary(sweep_dir: Path) -> int:
     jobs = json.loads(path.read_text())["jobs"]
     print_table(f"Sweep {sweep_dir}", ["job", "overrides", "status", "error"],
                 [(j["num"], " ".join(j["overrides"]), j["status"], (j["error"] or "")[:80]) for j in jobs])
-    return sum(j["status"] == "failed" for j in jobs)
+    return sum(j["status"] != "completed" for j in jobs)

@@ -143,7 +143,7 @@ def test_slurm_ddp_submission_script(tmp_path, monkeypatch):
     env = _fake_slurm(tmp_path / "bin", out)
     monkeypatch.setenv("PATH", env["PATH"])
     proc = run_cli("fvtrain.extract", "-m", "launcher=slurm_ddp", "debug=fast", "extract.layer=1,2,3",
-                   "+trainer.devices=4", "hydra.launcher.partition=testpart",
+                   "+trainer.devices=4", "model.device=cuda", "hydra.launcher.partition=testpart",
                    "hydra.launcher.array_parallelism=2", "hydra.launcher.srun_args=['--cpu-bind=none']",
                    f"paths.output_root={tmp_path / 'runs'}", check=False, timeout=300)
     script = (out / "submission.sh").read_text()

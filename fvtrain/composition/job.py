@@ -26,6 +26,7 @@ from fvtrain import runs
 from fvtrain.data.select import name_list
 from fvtrain.errors import ConfigError
 from fvtrain.runtime import ModelLike, obtain, seed_everything
+from fvtrain.tracking import tracked
 
 log = logging.getLogger("fvtrain.compose")
 
@@ -151,6 +152,7 @@ def _eval_items(items: list) -> list:
 
 
 @runs.owns_folder
+@tracked("compose")  # one run per job in each logger of cfg.logger: config, metrics, tables, figures
 def run(cfg: DictConfig, out: Path | str, lm: ModelLike, basis: Path | str | None = None) -> ComposeResult:
     """Compose the bank at ``basis`` (default ``cfg.basis.path``) and solve ``cfg.analogies`` into
     ``out`` (``cfg`` is a composed ``compose.yaml`` or ``pipeline.yaml``; it is not modified).

@@ -20,6 +20,7 @@ from fvtrain import runs
 from fvtrain.data.select import name_list
 from fvtrain.errors import ConfigError
 from fvtrain.runtime import ModelLike, obtain, seed_everything
+from fvtrain.tracking import tracked
 
 log = logging.getLogger(__name__)
 
@@ -185,6 +186,7 @@ def relation_sources(sets: dict[str, KindVectors], ds) -> dict[str, dict]:
 # -- the job ------------------------------------------------------------------------------------
 
 @runs.owns_folder
+@tracked("eval")  # one run per job in each logger of cfg.logger: config, metrics, tables, figures
 def run(cfg: DictConfig, out: Path, lm: ModelLike,
         vectors: Mapping[str, Path | str | None] | None = None) -> EvalResult:
     """Alignment and decoding of the FV / FFV vectors into ``out`` (``cfg``: a composed ``eval.yaml``

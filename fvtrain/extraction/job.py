@@ -25,6 +25,7 @@ from fvtrain.extraction.fv import function_vector, top_heads
 from fvtrain.models.wrapper import FrozenLM
 from fvtrain.prompts import PromptTemplate, icl, make_batch, sample_demos, shuffled_icl, zero_shot
 from fvtrain.runtime import ModelLike, obtain, seed_everything
+from fvtrain.tracking import tracked
 
 log = logging.getLogger(__name__)
 
@@ -215,6 +216,7 @@ class ExtractResult(runs.StageResult):
 
 
 @runs.owns_folder
+@tracked("extract")  # one run per job in each logger of cfg.logger: config, metrics, tables, figures
 def run(cfg: DictConfig, out: Path, lm: ModelLike) -> ExtractResult:
     """FVs of every relation of ``cfg.data`` into ``out`` (``cfg`` is a composed ``extract.yaml``).
 

@@ -616,7 +616,7 @@ def _failed_jobs(root: Path) -> list[dict]:
         jobs = json.loads(f.read_text()).get("jobs", [])
     except (json.JSONDecodeError, AttributeError):
         return []
-    return [j for j in jobs if isinstance(j, dict) and j.get("status") == "failed"]
+    return [j for j in jobs if isinstance(j, dict) and j.get("status", "completed") != "completed"]
 
 
 def _sweep_figure(jobs, heads, swept, keys, path):

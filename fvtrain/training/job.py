@@ -21,6 +21,8 @@ from omegaconf import DictConfig, OmegaConf
 from fvtrain import __version__, runs
 from fvtrain.errors import ConfigError
 from fvtrain.runtime import ModelLike, obtain, seed_everything
+from fvtrain.tracking import current as current_tracker
+from fvtrain.tracking import tracked
 
 log = logging.getLogger("fvtrain.train")
 
@@ -141,6 +143,7 @@ def check_checkpoint(path: Path, relations: list[str], d_model: int, model_id: s
 # -- the job ---------------------------------------------------------------------------------------
 
 @runs.owns_folder
+@tracked("train")  # one run per job in each logger of cfg.logger; its Trainer logs into the same runs
 def run(cfg: DictConfig, out: Path, lm: ModelLike, fv_source: Path | str | None = None) -> TrainResult:
     """Train FFVs for ``cfg`` (a composed ``train.yaml``) into ``out``.
 
@@ -268,7 +271,8 @@ def run(cfg: DictConfig, out: Path, lm: ModelLike, fv_source: Path | str | None 
                       hparams={**hp_common, "init": init_kind, "variant": prefix.rstrip("/") or "ffv"})
         return m.attach_lm(lm)
 
-    loggers = instantiate_loggers(cfg)
+    tracker = current_tracker()  # the run(s) this job logs to: the Trainers log into the same ones
+    loggers = tracker.loggers if tracker is not None else instantiate_loggers(cfg)
     start_loggers(loggers)
     has_logger = bool(loggers)
 
