@@ -90,6 +90,8 @@ def _number(value, key: str, fix: str) -> float:
 def check_extract(ex: DictConfig, n_heads_total: int | None = None) -> None:
     """``extract.*`` counts: at least one prompt and corrupted prompt, no negative shots."""
     for key, low in (("n_prompts", 1), ("n_corrupt", 1), ("n_shots", 0), ("batch_size", 1), ("max_rows", 1)):
+        if key not in ex:
+            continue  # a preset may set a few extract keys in a config that does not extract
         v = ex.get(key)
         if v is None or isinstance(v, bool) or not isinstance(v, int) or v < low:
             raise ConfigError(f"extract.{key}={v!r}: it must be an integer >= {low}; "

@@ -29,14 +29,15 @@ import functools
 import logging
 import math
 import re
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any
 
 log = logging.getLogger("fvtrain.tracking")
 
 SUCCESS, FAILED = "success", "failed"
-_CURRENT: contextvars.ContextVar["Tracker | None"] = contextvars.ContextVar("fvtrain_tracker", default=None)
-_SCOPE: contextvars.ContextVar[dict] = contextvars.ContextVar("fvtrain_tracking_scope", default={})
+_CURRENT: contextvars.ContextVar[Tracker | None] = contextvars.ContextVar("fvtrain_tracker", default=None)
+_SCOPE: contextvars.ContextVar[dict | None] = contextvars.ContextVar("fvtrain_tracking_scope", default=None)
 _WANDB_GROUP_MAX = 128
 
 
@@ -86,7 +87,7 @@ def identity(cfg, out: Path, stage: str, group: str | None = None, name: str | N
     """Explicit arguments, else the enclosing :func:`scope`, else the Hydra app, else the folder."""
     root = _select(cfg, "paths.output_root")
     found = {"group": None, "name": None}
-    for source in ({"group": group, "name": name}, _SCOPE.get(), hydra_identity(root)):
+    for source in ({"group": group, "name": name}, _SCOPE.get() or {}, hydra_identity(root)):
         for k in found:
             if found[k] is None and source.get(k) is not None:
                 found[k] = str(source[k])
@@ -336,7 +337,7 @@ class Tracker:
             elif kind == "tensorboard":
                 text = f"**{table.title}**\n\n" + table.markdown()
                 self._guard(lg, f"log table {key}",
-                            lambda lg=lg: lg.experiment.add_text(f"tables/{key}", text))
+                            lambda lg=lg, text=text: lg.experiment.add_text(f"tables/{key}", text))
 
     def log_figure(self, name: str, path: str | Path) -> None:
         """A PNG: a wandb Image, a TensorBoard image; the CSV logger lists it in ``figures.csv``."""
@@ -596,7 +597,12 @@ def stage_tables(stage: str, metrics: Mapping) -> list[tuple[str, Any]]:
 
         return [("analogy_accuracy", analogy_table(metrics))]
     if stage == "eval":
-        from fvtrain.evaluation.tables import alignment_table, decoding_table, skipped_table, word_rank_table
+        from fvtrain.evaluation.tables import (
+            alignment_table,
+            decoding_table,
+            skipped_table,
+            word_rank_table,
+        )
 
         pairs = (("alignment", alignment_table(metrics, compact=False)), ("decoding", decoding_table(metrics)),
                  ("word_ranks", word_rank_table(metrics)), ("skipped", skipped_table(metrics)))

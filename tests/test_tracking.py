@@ -15,12 +15,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import run_cli
 from omegaconf import OmegaConf
 
 from fvtrain.config import compose
 from fvtrain.tracking import Tracker, read_wandb_run, tracking
-
-from helpers import run_cli
 
 EVERY_LOGGER = "logger=[csv,tensorboard,wandb]"
 
@@ -52,7 +51,8 @@ def _tb_scalars(run: Path) -> dict:
 
 
 @pytest.mark.slow  # a real command line
-def test_extraction_multirun_over_two_layers_is_one_wandb_group(tmp_path):
+def test_extraction_multirun_over_two_layers_is_one_wandb_group(tmp_path, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the subprocess: no spinning threads on shared cores
     run_cli("fvtrain.extract", "-m", "model=tiny-llama", "debug=fast", "extract.layer=1,2", EVERY_LOGGER,
             f"paths.output_root={tmp_path}")
     jobs = sorted(p.parent for p in (tmp_path / "extract" / "multirun").rglob("metrics.json"))
@@ -142,8 +142,10 @@ def test_compose_logs_accuracy_by_scheme_and_distance(tmp_path, tiny_llama):
 
 
 @pytest.mark.slow  # a real command line
-def test_main_job_is_one_group_with_one_run_per_stage(tmp_path):
-    run_cli("fvtrain.pipeline", "debug=smoke", "logger=[csv,wandb]", f"paths.output_root={tmp_path}")
+def test_main_job_is_one_group_with_one_run_per_stage(tmp_path, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    run_cli("fvtrain.pipeline", "debug=smoke", "trainer.max_epochs=1", "analogies.max_items=6", "logger=[csv,wandb]",
+            f"paths.output_root={tmp_path}")
     [run] = [p.parent for p in (tmp_path / "pipeline").rglob("pipeline.json")]
     runs = {}
     for stage in ("extract", "train", "compose", "eval"):
@@ -185,10 +187,10 @@ def test_failing_job_run_is_closed_and_marked_failed(tmp_path, tiny_llama):
 
     # The context manager itself: any exception (also KeyboardInterrupt) ends the run as failed.
     cfg = compose("extract", ["model=tiny-llama", "logger=wandb"])
-    with pytest.raises(KeyboardInterrupt):
-        with tracking(cfg, tmp_path / "interrupted", "extract", group="g", name="n") as t:
-            t.log_metrics({"x": 1.0})
-            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt), tracking(cfg, tmp_path / "interrupted", "extract", group="g",
+                                                    name="n") as t:
+        t.log_metrics({"x": 1.0})
+        raise KeyboardInterrupt
     assert t.status == "failed" and wandb.run is None
     [w] = _wandb_runs(tmp_path / "interrupted" / "wandb")
     assert (w["group"], w["name"], w["exit_code"], w["summary"]["x"]) == ("g", "n", 1, 1.0)
@@ -226,9 +228,8 @@ def test_a_failing_logger_warns_once_and_the_others_go_on(tmp_path, caplog):
     # A logger node that cannot even be built is left out with a warning; the job still runs.
     cfg = compose("compose", ["model=tiny-llama", "+logger.broken._target_=no.such.Logger"])
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="fvtrain.tracking"):
-        with tracking(cfg, tmp_path / "run", "compose") as t2:
-            t2.log_metrics({"a": 1.0})
+    with caplog.at_level(logging.WARNING, logger="fvtrain.tracking"), tracking(cfg, tmp_path / "run", "compose") as t2:
+        t2.log_metrics({"a": 1.0})
     assert [type(lg).__name__ for lg in t2.loggers] == ["CSVLogger"]
     assert any("'broken' could not be started" in r.getMessage() for r in caplog.records)
     assert "wandb" not in sys.modules or sys.modules["wandb"].run is None

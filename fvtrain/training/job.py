@@ -10,6 +10,7 @@ the random-init baseline), one ``Trainer.test`` with every method side by side, 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -275,12 +276,13 @@ def run(cfg: DictConfig, out: Path, lm: ModelLike, fv_source: Path | str | None 
     loggers = tracker.loggers if tracker is not None else instantiate_loggers(cfg)
     start_loggers(loggers)
     has_logger = bool(loggers)
+    ckpt_dir = out / runs.CHECKPOINTS
 
     # -- fit the FFVs ----------------------------------------------------------------------
     times = {}
     module = make_module(f.init)
     t0 = time.time()
-    trainer = build_trainer(cfg, loggers, instantiate_callbacks(cfg, has_logger=has_logger))
+    trainer = build_trainer(cfg, loggers, instantiate_callbacks(cfg, has_logger=has_logger, checkpoint_dir=ckpt_dir))
     trainer.fit(module, datamodule=dm, ckpt_path=str(resume) if resume else None, weights_only=True)
     times["fit_s"] = time.time() - t0
     vectors = select(module, trainer, f.select)
@@ -290,7 +292,8 @@ def run(cfg: DictConfig, out: Path, lm: ModelLike, fv_source: Path | str | None 
         random_module = make_module("random", prefix="random/").share_from(module)
         rresume = resume.parent / "random" / "last.ckpt" if resume is not None else None
         t0 = time.time()
-        rtrainer = build_trainer(cfg, loggers, instantiate_callbacks(cfg, variant="random", has_logger=has_logger))
+        rtrainer = build_trainer(cfg, loggers, instantiate_callbacks(cfg, variant="random", has_logger=has_logger,
+                                                                  checkpoint_dir=ckpt_dir))
         rtrainer.fit(random_module, datamodule=dm,
                      ckpt_path=str(rresume) if rresume is not None and rresume.is_file() else None,
                      weights_only=True)
@@ -310,7 +313,8 @@ def run(cfg: DictConfig, out: Path, lm: ModelLike, fv_source: Path | str | None 
     if ttrainer.global_rank != 0:
         return TrainResult("train", out, {}, bank=bank, layer=layer, fv_source=fv_folder)
 
-    metrics = collect_metrics(module, relations, test_modes, icl_reused, splits)
+    results = module.test_results or results_from_logged(ttrainer.callback_metrics, module, relations)
+    metrics = collect_metrics(module, results, relations, test_modes, icl_reused, splits)
     val = _best_val(module, relations)
     for r in relations:
         metrics["relations"][r]["val"] = val[r]
@@ -410,14 +414,35 @@ def _mean(xs) -> float | None:
     return sum(xs) / len(xs) if xs else None
 
 
-def collect_metrics(module, relations, test_modes, icl_reused, splits) -> dict:
-    """The test table from the module's ``test_results``: per relation, per mode and method."""
+def results_from_logged(logged: dict, module, relations) -> dict[str, dict[str, torch.Tensor]]:
+    """The module's ``test_results`` rebuilt from the logged values: under ``ddp_spawn`` the test
+    loop runs in other processes, and Lightning sends only the logged metrics back."""
+    out: dict[str, dict[str, torch.Tensor]] = {}
+    keys = [f"{mode}/{m}" for mode in ("zero_shot", "shuffled_icl") for m in module.methods()] + ["icl"]
+    for key in keys:
+        prefix = f"test/{key}"
+        counts = [logged.get(f"{prefix}/n/{r}") for r in relations]
+        if key != "icl":  # counts are logged with the FFV rows; every method saw the same prompts
+            counts = [logged.get(f"test/{key.split('/')[0]}/ffv/n/{r}") for r in relations]
+        if all(c is None for c in counts):
+            continue
+        nan = float("nan")
+        out[key] = {
+            "acc": torch.tensor([float(logged.get(f"{prefix}/acc/{r}", nan)) for r in relations]),
+            "prob": torch.tensor([float(logged.get(f"{prefix}/prob/{r}", nan)) for r in relations]),
+            "count": torch.tensor([float(c) if c is not None else 0.0 for c in counts]),
+        }
+    return out
+
+
+def collect_metrics(module, res: dict, relations, test_modes, icl_reused, splits) -> dict:
+    """The test table from the test loop's results (:attr:`FFVModule.test_results`): per relation,
+    per mode and method."""
     methods = module.methods()
-    res = module.test_results
 
     def value(key: str, stat: str, i: int):
         r = res.get(key)
-        if r is None or not float(r["count"][i]) > 0:
+        if r is None or not float(r["count"][i]) > 0 or math.isnan(float(r[stat][i])):
             return None
         return _f32(r[stat][i])
 

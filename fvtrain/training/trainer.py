@@ -21,10 +21,12 @@ def instantiate_loggers(cfg: DictConfig) -> list:
 
 
 def instantiate_callbacks(cfg: DictConfig, variant: str = "", has_logger: bool = True,
-                          checkpoints: bool = True) -> list:
+                          checkpoints: bool = True, checkpoint_dir: Path | None = None) -> list:
     """Callbacks of ``cfg.callbacks``; for a second variant checkpoints go to a subfolder and
     monitored keys get the variant's log prefix. ``checkpoints=False`` leaves checkpointing out
-    (the test loop)."""
+    (the test loop). ``checkpoint_dir`` (the run's ``checkpoints/``) replaces every ``dirpath``:
+    the stage's run folder, not Hydra's, holds its checkpoints (the main job runs several stages
+    in one Hydra folder)."""
     from hydra.utils import instantiate
     from lightning.pytorch.callbacks import Checkpoint, LearningRateMonitor
 
@@ -36,8 +38,10 @@ def instantiate_callbacks(cfg: DictConfig, variant: str = "", has_logger: bool =
         if not (isinstance(sub, DictConfig) and "_target_" in sub):
             continue
         kw: dict[str, Any] = {}
+        if "dirpath" in sub and checkpoint_dir is not None:
+            kw["dirpath"] = str(Path(checkpoint_dir) / variant if variant else Path(checkpoint_dir))
         if variant:
-            if sub.get("dirpath"):
+            if sub.get("dirpath") and "dirpath" not in kw:
                 kw["dirpath"] = str(Path(sub.dirpath) / variant)
             if sub.get("monitor"):
                 kw["monitor"] = f"{variant}/{sub.monitor}"
