@@ -100,9 +100,9 @@ def test_fv_raises_correct_token_probability_on_embedded_antonyms(embedded_lm):
 
     lm, T = embedded_lm, PromptTemplate()
     split = split_relation(read("builtin", relations=["antonym"]).relations["antonym"], seed=0)
-    cfg = OmegaConf.create({"n_prompts": 20, "n_corrupt": 8, "n_shots": 10, "k": 10,
-                            "filter_correct": True, "aie_impl": "fast", "max_rows": 512,
-                            "batch_size": 16})
+    from fvtrain.config import compose
+
+    cfg = compose("extract", ["extract.n_prompts=20", "extract.n_corrupt=8"]).extract
     layer = lm.default_layer()
     ex = extract_relation(lm, split, cfg, T, seed=0, layer=layer)
     prompts = [zero_shot(T, p.x) for p in split.test]
