@@ -34,7 +34,7 @@ def source_scores(
     """
     if bank.dim() != 2 or len(bank) == 0:
         raise ValueError(f"bank must be a non-empty [N, d_model] tensor, got shape {tuple(bank.shape)}")
-    lm._check_vector(bank)
+    lm.check_vector(bank)
     P, M = batch.prompt_len, batch.target_ids.shape[1]
     B, N = len(batch), len(bank)
     vec_chunk = min(N, max(1, max_rows))

@@ -167,8 +167,8 @@ def _eval_shared(lm: FrozenLM, items: Sequence[AnalogyItem], template: PromptTem
             logp = (logits - logits.logsumexp(-1, keepdim=True)).cpu()
             lp = logp.gather(1, first_tok)  # [B, K]
             if M > 1:
-                c2 = o1.cache  # the continuation's own copy, with the edited last token
-                c2.batch_repeat_interleave(K)
+                # the continuation's own cache (with the edited last token), one copy per candidate
+                c2 = lm.repeat_cache(o1.cache, K)
                 full = torch.cat([mask.repeat_interleave(K, 0), rest_mask], 1)
                 o2 = lm.continue_from(c2, rest_ids, full, logits_to_keep=M - 1)
                 lp = lp + token_logprobs(o2.logits, rest_tgt, rest_mask).cpu().view(B, K)

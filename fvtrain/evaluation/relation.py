@@ -53,7 +53,7 @@ def layer_sweep(
         cache = lm.prefix_cache(ids, mask)
         layers_of_row = torch.arange(L).repeat(B)
         edits = [(l, vector, (layers_of_row == l).nonzero(as_tuple=True)[0]) for l in range(L)]
-        with torch.no_grad(), lm_inject_many(lm, edits):
+        with torch.no_grad(), lm.inject_many(edits):
             logits = lm.last_token(ids, mask, cache, repeat=L).float()
         logp = logits.log_softmax(-1)
         tgt = b.target_ids[:, 0].to(logits.device).repeat_interleave(L)
@@ -64,11 +64,3 @@ def layer_sweep(
         prob += p.sum(0).cpu()
         n += B
     return {"acc": (correct / n).tolist(), "prob": (prob / n).tolist()}
-
-
-def lm_inject_many(lm: FrozenLM, edits):
-    from fvtrain.models import hooks
-
-    for _, v, _ in edits:
-        lm._check_vector(v)
-    return hooks.inject_many(lm.adapter, edits)

@@ -27,6 +27,6 @@ def function_vector(
     with torch.no_grad():
         for l, h, *_ in heads:
             if l not in per_layer:
-                per_layer[l] = lm.adapter.residual_contributions(l, mean[l]).float().cpu()
+                per_layer[l] = lm.residual_contributions(l, mean[l]).float().cpu()
             fv += per_layer[l][h]
     return fv

@@ -165,7 +165,7 @@ def manifest(lm: FrozenLM, ex: Extracted, split: Split, template: PromptTemplate
         "relation": ex.relation,
         "model_id": lm.model_id,
         "model_revision": lm.source.revision,
-        "model_type": lm.adapter.model_type,
+        "model_type": lm.model_type,
         "n_layers": lm.n_layers,
         "layer": ex.layer,
         "heads": [{"layer": l, "head": h, "aie": a} for l, h, a in ex.heads],

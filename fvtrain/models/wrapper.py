@@ -311,7 +311,7 @@ class FrozenLM:
     def inject(self, vectors: torch.Tensor, layer: int, positions=None, rows=None,
                first_call_only: bool = False):
         """Context manager adding ``vectors`` to block ``layer``'s output (see hooks.inject)."""
-        self._check_vector(vectors)
+        self.check_vector(vectors)
         return hooks.inject(self.adapter, vectors, layer, positions, rows, first_call_only)
 
     def record_heads(self, layers=None, positions=None):
@@ -322,7 +322,38 @@ class FrozenLM:
         """Context manager replacing head slices of the o_proj input (see hooks.patch_heads)."""
         return hooks.patch_heads(self.adapter, layers, heads, values, rows, positions)
 
-    def _check_vector(self, v: torch.Tensor) -> None:
+    def inject_many(self, edits):
+        """Several injections in one forward: ``edits`` are ``(layer, vector, rows)`` triples."""
+        for _, v, _ in edits:
+            self.check_vector(v)
+        return hooks.inject_many(self.adapter, edits)
+
+    @staticmethod
+    def repeat_cache(cache, n: int):
+        """Repeat every row of a prefix cache ``n`` times in place (row ``b`` -> rows ``b*n..``)."""
+        cache.batch_repeat_interleave(n)
+        return cache
+
+    def residual_contributions(self, layer: int, values: torch.Tensor) -> torch.Tensor:
+        """Each head's contribution to the residual stream (``W_O`` slice times ``values``)."""
+        return self.adapter.residual_contributions(layer, values)
+
+    @property
+    def model_type(self) -> str:
+        return self.adapter.model_type
+
+    @property
+    def n_params(self) -> int:
+        """Parameters of the frozen model (none of them trains)."""
+        return sum(p.numel() for p in self.model.parameters())
+
+    @property
+    def device_mapped(self) -> bool:
+        """Whether the model is spread over several devices (``device_map``); it is not moved then."""
+        return bool(getattr(self.model, "hf_device_map", None))
+
+    def check_vector(self, v: torch.Tensor) -> None:
+        """Refuse a vector made for another model (its last dimension is not ``d_model``)."""
         if v.shape[-1] != self.d_model:
             raise ValueError(
                 f"vector has size {v.shape[-1]} but this model's d_model is {self.d_model} "
@@ -363,7 +394,7 @@ class FrozenLM:
         Any logit soft-cap is left out: it is monotone, so ranks are the same, and it would only
         create ties among saturated logits.
         """
-        self._check_vector(vector)
+        self.check_vector(vector)
         ad = self.adapter
         with torch.no_grad():
             h = vector.to(self.device, self.dtype).reshape(1, 1, -1)

@@ -238,7 +238,7 @@ def run(cfg: DictConfig, out: Path, lm: ModelLike, fv_source: Path | str | None 
                                     f"{lm.model_id}, this run loaded {lm.source.revision!r}")
     if fv is None and need_fv:
         fv, fv_manifests, fv_folder = extract_fvs(cfg, lm, splits, template, seed, layer, out)
-    frozen = sum(p.numel() for p in lm.model.parameters())
+    frozen = lm.n_params
     lr_scale = residual_scale(lm, splits, template, layer) if f.lr_scale == "rms" else float(f.lr_scale)
     log.info("layer %d, learning-rate scale %.4g (%s)", layer, lr_scale, f.lr_scale)
 
@@ -493,7 +493,7 @@ def save_bank(folder: Path, lm, relations, vectors, splits, template, cfg, layer
         test = {k: v for k, v in metrics["relations"][r].items() if k != "val"}
         man = {
             "kind": kind, "relation": r, "model_id": lm.model_id, "model_revision": lm.source.revision,
-            "model_type": lm.adapter.model_type, "n_layers": lm.n_layers, "layer": layer,
+            "model_type": lm.model_type, "n_layers": lm.n_layers, "layer": layer,
             "heads": fvm.get("heads", []), "k": fvm.get("k"), "template": template.template,
             "n_shots": int(f.n_shots), "split_hash": split_hash(splits[r]), "seed": int(cfg.seed),
             "init": "random" if kind == "ffv_random" else f.init, "fv_norm": fvm.get("norm"),

@@ -192,7 +192,7 @@ class FFVModule(LightningModule):
             if self.lm_factory is None:
                 raise RuntimeError("FFVModule needs an LM: pass lm_factory or call attach_lm()")
             self.attach_lm(self.lm_factory(device))
-        elif device is not None and self._lm.device != device and not getattr(self._lm.model, "hf_device_map", None):
+        elif device is not None and self._lm.device != device and not self._lm.device_mapped:
             self._lm.to(device)
             self._store.clear()
 
