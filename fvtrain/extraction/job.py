@@ -89,6 +89,8 @@ def extract_relation(
     if cfg.filter_correct:
         ok = []
         for i in range(0, len(cands), int(cfg.batch_size)):
+            if sum(ok) >= n_corrupt:
+                break  # enough solved queries: later candidates would not be kept anyway
             chunk = cands[i : i + int(cfg.batch_size)]
             b = make_batch(lm.tokenizer, [c[1] for c in chunk], [c[0].answers for c in chunk], template)
             ok += lm.score(b).correct.tolist()
