@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 from helpers import is_png, run_cli
 
@@ -48,3 +50,31 @@ def test_pipeline_smoke_writes_every_artifact(tmp_path):
     assert (run / "config.yaml").is_file()
     out = proc.stdout
     assert "Relation completion" in out and "Analogies" in out and "report:" in out
+
+
+def test_the_main_job_loads_the_model_once_and_hands_stages_their_inputs(tmp_path, monkeypatch):
+    """In process: one model load for all four stages; each stage gets its folder and the previous
+    stage's output explicitly, and the config is left as it was."""
+    import fvtrain.models
+    from fvtrain.config import compose
+    from fvtrain.pipeline import pipeline
+
+    loads = []
+    real = fvtrain.models.load_model
+
+    def counting(*args, **kwargs):
+        loads.append(kwargs.get("name", args[0] if args else None))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(fvtrain.models, "load_model", counting)
+    cfg = compose("pipeline", ["debug=smoke", "stages=[extract,train,compose,eval]", "logger=[]"],
+                  output_dir=tmp_path / "run")
+    before = OmegaConf.to_yaml(cfg)
+    res = pipeline(cfg, tmp_path / "run")
+    assert loads == ["tiny-llama"] and res["model_loads"] == 1
+    assert OmegaConf.to_yaml(cfg) == before
+    for stage in ("extract", "train", "compose", "eval"):
+        assert json.loads((tmp_path / "run" / stage / "metrics.json").read_text())["stage"] == stage
+    bank = json.loads((tmp_path / "run" / "compose" / "metrics.json").read_text())["bank"]["path"]
+    assert Path(bank) == tmp_path / "run" / "train" / "bank"
+    assert res["results"]["train"]["fv_source"] == str(tmp_path / "run" / "extract" / "vectors")
