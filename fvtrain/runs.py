@@ -298,21 +298,27 @@ class VectorSet:
 
     def one(self, key: str, what: str = "set") -> Any:
         """The single value of manifest ``key`` across the set, or an error naming the odd ones."""
-        values = [m.get(key) for m in self.manifests]
-        counts = Counter(values)
-        if len(counts) <= 1:
-            return values[0] if values else None
-        common = counts.most_common(1)[0][0]
-        odd = [f"{n} ({key}={v!r})" for n, v in zip(self.names, values) if v != common]
-        raise ArtifactError(
-            f"the {what} at {self.folder} mixes {key}s: most vectors have {key}={common!r}, but "
-            + ", ".join(odd[:8]) + (" ..." if len(odd) > 8 else "")
-            + f"; a {what} must hold vectors of one model at one layer"
-        )
+        return single_value([m.get(key) for m in self.manifests], self.names, key, what, self.folder)
 
 
-def load_vectors(folder: str | Path, run: str | Path | None = None) -> VectorSet:
-    """Every vector of ``folder`` (one per relation; a relation twice is an error)."""
+def single_value(values: Sequence, names: Sequence[str], key: str, what: str, folder: Path) -> Any:
+    """The one value ``values`` share (``values[i]`` belongs to ``names[i]``), or an error that names
+    the odd ones: vectors of several models or layers cannot be used together."""
+    counts = Counter(values)
+    if len(counts) <= 1:
+        return values[0] if values else None
+    common = counts.most_common(1)[0][0]
+    odd = [f"{n} ({key}={v!r})" for n, v in zip(names, values) if v != common]
+    raise ArtifactError(
+        f"the {what} at {folder} mixes {key}s: most vectors have {key}={common!r}, but "
+        + ", ".join(odd[:8]) + (" ..." if len(odd) > 8 else "")
+        + f"; a {what} must hold vectors of one model at one layer"
+    )
+
+
+def load_vectors(folder: str | Path, run: str | Path | None = None, what: str = "folder") -> VectorSet:
+    """Every vector of ``folder`` (one per relation, all of one size; ``what`` names the folder in
+    errors, e.g. "bank")."""
     folder = Path(folder)
     vecs, mans, names = [], [], []
     for f in vector_files(folder):
@@ -322,11 +328,9 @@ def load_vectors(folder: str | Path, run: str | Path | None = None) -> VectorSet
         names.append(str(man.get("relation") or f.stem))
     dup = [n for n, c in Counter(names).items() if c > 1]
     if dup:
-        raise ArtifactError(f"{folder} holds several vectors for relation(s) {', '.join(dup)}; keep one "
-                            "vector per relation")
-    sizes = {int(v.numel()) for v in vecs}
-    if len(sizes) > 1:
-        raise ArtifactError(f"{folder} mixes vector sizes {sorted(sizes)}: vectors of several models")
+        raise ArtifactError(f"the {what} at {folder} holds several vectors for relation(s) {', '.join(dup)}; "
+                            "keep one vector per relation")
+    single_value([int(v.numel()) for v in vecs], names, "d_model", what, folder)
     stacked = torch.stack(vecs) if vecs else torch.zeros(0, 0)
     return VectorSet(names, stacked, mans, folder, Path(run) if run is not None else None)
 

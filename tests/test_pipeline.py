@@ -7,9 +7,8 @@ import re
 from pathlib import Path
 
 import pytest
-from omegaconf import OmegaConf
-
 from helpers import is_png, run_cli
+from omegaconf import OmegaConf
 
 pytestmark = pytest.mark.slow
 

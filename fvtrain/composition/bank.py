@@ -16,10 +16,9 @@ mixed bank is an error that names the odd vector out.
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable
 
 import torch
 
@@ -143,20 +142,6 @@ def resolve_bank_folder(path: str | Path) -> Path:
     return found[0] if found is not None else p
 
 
-def _one(values: Sequence, names: Sequence[str], key: str, folder: Path):
-    """The single value of manifest ``key`` across the bank, or a BankError naming the odd ones."""
-    counts = Counter(values)
-    if len(counts) <= 1:
-        return values[0] if values else None
-    common = counts.most_common(1)[0][0]
-    odd = [f"{n} ({key}={v!r})" for n, v in zip(names, values) if v != common]
-    raise BankError(
-        f"the bank at {folder} mixes {key}s: most vectors have {key}={common!r}, but "
-        + ", ".join(odd[:8]) + (" ..." if len(odd) > 8 else "")
-        + "; a bank must hold vectors of one model at one layer"
-    )
-
-
 def load_bank(path: str | Path, relations: str | Iterable[str] | None = None) -> BasisBank:
     """Read and check a basis bank (see the module docstring); ``relations`` selects a subset."""
     folder = resolve_bank_folder(path)
@@ -173,26 +158,19 @@ def load_bank(path: str | Path, relations: str | Iterable[str] | None = None) ->
             f"Point basis.path at a run folder with {' or '.join(b + '/' for b in BANK_SUBDIRS)} or at "
             "a folder of saved vectors"
         )
-    vecs, mans, names = [], [], []
-    for f in files:
-        try:
-            v, man = runs.read_vector(f)
-        except ArtifactError as err:
-            raise _bank_error(err) from err
-        if "layer" not in man:
-            raise BankError(f"basis vector {f.parent / (f.stem + '.json')} has no 'layer' in its manifest; "
-                            "composition needs the injection layer of every vector")
-        vecs.append(v)
-        mans.append(man)
-        names.append(str(man.get("relation") or f.stem))
-    dup = [n for n, c in Counter(names).items() if c > 1]
-    if dup:
-        raise BankError(f"the bank at {folder} holds several vectors for relation(s) {', '.join(dup)}; "
-                        "keep one vector per relation")
-    _one([int(v.numel()) for v in vecs], names, "d_model", folder)
-    model_id = _one([m.get("model_id") for m in mans], names, "model_id", folder)
-    revision = _one([m.get("model_revision") for m in mans], names, "model_revision", folder)
-    layer = _one([int(m["layer"]) for m in mans], names, "layer", folder)
-    bank = BasisBank(names, torch.stack(vecs), mans, int(layer), model_id, revision, str(folder),
+    try:
+        vs = runs.load_vectors(folder, what="bank")
+        for f, man in zip(files, vs.manifests):
+            if "layer" not in man:
+                raise BankError(f"basis vector {f.parent / (f.stem + '.json')} has no 'layer' in its "
+                                "manifest; composition needs the injection layer of every vector")
+        model_id, revision = vs.one("model_id", "bank"), vs.one("model_revision", "bank")
+        layer = runs.single_value([int(m["layer"]) for m in vs.manifests], vs.names, "layer", "bank", folder)
+    except BankError:
+        raise
+    except ArtifactError as err:
+        raise _bank_error(err) from err
+    names, vecs, mans = vs.names, vs.vectors, vs.manifests
+    bank = BasisBank(names, vecs, mans, int(layer), model_id, revision, str(folder),
                      [str(m.get("kind", "unknown")) for m in mans])
     return bank.select(relations)
