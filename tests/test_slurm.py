@@ -146,6 +146,8 @@ def test_scancel_is_reported_as_cancelled(slurm_cluster, tmp_path):
     """A job cancelled while it runs ends the sweep non-zero and reads ``cancelled`` in the summary."""
     args = [sys.executable, "-m", "fvtrain.extract", "-m", "launcher=slurm", *CPU_PARTITION, *EXTRACT,
             "extract.layer=1", "hydra.launcher.setup=['sleep 300']", f"paths.output_root={tmp_path}"]
+    # Jobs of earlier tests may still be listed (completing): cancel only the one this sweep submits.
+    earlier = set(slurm_cluster.job_states())
     proc = subprocess.Popen(args, cwd=REPO, env=_env(slurm_cluster), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
@@ -153,7 +155,8 @@ def test_scancel_is_reported_as_cancelled(slurm_cluster, tmp_path):
         running = []
         while time.monotonic() < end and not running and proc.poll() is None:
             time.sleep(0.5)
-            running = [ln.split()[0] for ln in slurm_cluster.squeue() if ln.endswith("RUNNING")]
+            running = [ln.split()[0] for ln in slurm_cluster.squeue()
+                       if ln.endswith("RUNNING") and ln.split()[0] not in earlier]
         assert running, f"no job started: {slurm_cluster.squeue()}"
         subprocess.run(["scancel", running[0]], env=slurm_cluster.env, check=True)
         out, err = proc.communicate(timeout=120)
