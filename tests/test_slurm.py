@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import assert_ddp_metrics_equal_single_process
 from slurm_cluster import ClusterUnavailable, SlurmCluster
 
 REPO = Path(__file__).resolve().parents[1]
@@ -95,17 +96,6 @@ def test_array_sweep_one_job_fails_the_other_completes(array_sweep, slurm_cluste
 @pytest.mark.slurm
 def test_slurm_ddp_two_cpu_ranks_match_single_process_evaluation(array_sweep, slurm_cluster, tmp_path):
     """``launcher=slurm_ddp``: one job, two srun tasks joined by Lightning as a 2-rank DDP group."""
-    import lightning
-    import torch
-
-    from fvtrain.artifacts import load_vector
-    from fvtrain.data.datamodules import RelationDataModule
-    from fvtrain.data.splits import load_splits
-    from fvtrain.models import load_model
-    from fvtrain.prompts import PromptTemplate
-    from fvtrain.training.init import load_init_vectors
-    from fvtrain.training.module import FFVModule
-
     fv_run = Path(_summary(array_sweep[1])[0]["folder"])
     proc = _cli(slurm_cluster, "fvtrain.train", "-m", "launcher=slurm_ddp", *CPU_PARTITION,
                 "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.max_epochs=1",
@@ -120,25 +110,7 @@ def test_slurm_ddp_two_cpu_ranks_match_single_process_evaluation(array_sweep, sl
     (job,) = _summary(tmp_path)
     assert job["status"] == "completed"
     run = Path(job["folder"])
-    m = json.loads((run / "metrics.json").read_text())
-    splits = load_splits(run / "splits.json")
-    rels = list(splits)
-    bank = torch.stack([load_vector(run / "bank" / r)[0] for r in rels])
-    fv, _, _ = load_init_vectors(fv_run, rels, model_id="tiny-llama", d_model=48)
-    lm = load_model("tiny-llama")
-    module = FFVModule(rels, m["layer"], bank, fv, test_modes=["zero_shot", "shuffled_icl"]).attach_lm(lm)
-    dm = RelationDataModule(splits, PromptTemplate(), ["zero_shot"], ["zero_shot"],
-                            ["zero_shot", "shuffled_icl"], False, n_shots=3, eval_batch_size=7)
-    trainer = lightning.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
-                                use_distributed_sampler=False, enable_model_summary=False)
-    res = trainer.test(module, datamodule=dm, verbose=False)[0]
-    for r in rels:
-        assert m["relations"][r]["zero_shot"]["ffv"]["n"] == len(splits[r].test)  # nothing counted twice
-        for mode in ("zero_shot", "shuffled_icl"):
-            for meth in ("none", "fv", "ffv"):
-                for stat in ("acc", "prob"):
-                    assert m["relations"][r][mode][meth][stat] == pytest.approx(
-                        res[f"test/{mode}/{meth}/{stat}/{r}"], rel=1e-5, abs=1e-6), (r, mode, meth, stat)
+    assert_ddp_metrics_equal_single_process(run, fv_run)
 
 
 @pytest.mark.slurm

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import assert_ddp_metrics_equal_single_process
 
 pytestmark = pytest.mark.slow
 
@@ -123,35 +124,7 @@ def test_resume_after_interruption_reaches_the_same_vectors(fv_run, tmp_path):
 
 def test_ddp_sim_metrics_equal_single_process_evaluation(fv_run, tmp_path):
     """ddp_spawn on 2 CPU processes; odd batch counts, so a padding sampler would repeat items."""
-    import lightning
-
-    from fvtrain.artifacts import load_vector
-    from fvtrain.data.splits import load_splits
-    from fvtrain.models import load_model
-    from fvtrain.data.datamodules import RelationDataModule
-    from fvtrain.training.module import FFVModule
-    from fvtrain.training.init import load_init_vectors
-    from fvtrain.prompts import PromptTemplate
-
     run = tmp_path / "ddp"
     _run("fvtrain.train", run, *COMMON, f"ffv.fv_run={fv_run}", "trainer=ddp_sim", "trainer.max_epochs=1",
          "logger=[csv]")
-    m = json.loads((run / "metrics.json").read_text())
-    splits = load_splits(run / "splits.json")
-    rels = list(splits)
-    bank = torch.stack([load_vector(run / "bank" / r)[0] for r in rels])
-    fv, _, _ = load_init_vectors(fv_run, rels, model_id="tiny-llama", d_model=48)
-    lm = load_model("tiny-llama")
-    module = FFVModule(rels, m["layer"], bank, fv, test_modes=["zero_shot", "shuffled_icl"]).attach_lm(lm)
-    dm = RelationDataModule(splits, PromptTemplate(), ["zero_shot"], ["zero_shot"], ["zero_shot", "shuffled_icl"],
-                       False, n_shots=3, eval_batch_size=7)
-    trainer = lightning.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
-                                use_distributed_sampler=False, enable_model_summary=False)
-    res = trainer.test(module, datamodule=dm, verbose=False)[0]
-    for r in rels:
-        assert m["relations"][r]["zero_shot"]["ffv"]["n"] == len(splits[r].test)  # nothing counted twice
-        for mode in ("zero_shot", "shuffled_icl"):
-            for meth in ("none", "fv", "ffv"):
-                for stat in ("acc", "prob"):
-                    assert m["relations"][r][mode][meth][stat] == pytest.approx(
-                        res[f"test/{mode}/{meth}/{stat}/{r}"], rel=1e-5, abs=1e-6), (r, mode, meth, stat)
+    assert_ddp_metrics_equal_single_process(run, fv_run)
