@@ -45,6 +45,7 @@ STAGES = ("extract", "train", "compose", "eval")
 CONFIG = "config.yaml"
 METRICS = "metrics.json"
 SPLITS = "splits.json"
+OUTCOMES = "test_outcomes.json"  # every test item's outcome per mode and method
 PIPELINE = "pipeline.json"
 VECTORS = "vectors"
 AIE = "aie"

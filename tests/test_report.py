@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import is_png, run_cli, single_run_dir
 
 from fvtrain.artifacts import save_tensors, save_vector, write_json
 from fvtrain.reporting import report as rp
-from helpers import is_png, run_cli, single_run_dir
 
 
 def _csv(path: Path) -> list[dict]:
@@ -140,6 +140,42 @@ def test_multirun_of_synthetic_jobs_with_a_failed_one(tmp_path):
     assert rep.incomplete == [broken] and "2_extract.layer=5" in md and "layer 5 is out of range" in md
     assert is_png(out / "figures" / "sweep.png") and "swept: `extract.layer`" in md
     assert "../multirun/0_extract.layer=1/figures/aie_heatmap.png" in md
+
+
+def test_multirun_over_seeds_is_summarised_as_mean_and_sd(tmp_path):
+    root = tmp_path / "multirun"
+    accs = {(1, 0): 0.4, (1, 1): 0.6, (3, 0): 0.5, (3, 1): 0.5}
+    for i, ((layer, seed), a) in enumerate(accs.items()):
+        job = _extract_like(root / f"{i}_layer={layer},seed={seed}", layer)
+        m = json.loads((job / "metrics.json").read_text())
+        m["mean"]["zero_shot"]["fv"] = a
+        write_json(job / "metrics.json", m)
+        (job / ".hydra").mkdir()
+        (job / ".hydra" / "overrides.yaml").write_text(f"- extract.layer={layer}\n- seed={seed}\n")
+    rp.build_report(root)
+    md = (root / "report.md").read_text()
+    section = md.split("## Over seeds (mean ± sd)")[1].split("\n\n")[1]
+    rows = [r for r in section.splitlines() if r.startswith("| 1 ") or r.startswith("| 3 ")]
+    # layer 1: mean 0.5, sample sd 0.1414; layer 3: 0.5 ± 0
+    assert "| 1 | 2 |" in rows[0] and "0.500 ± 0.141" in rows[0]
+    assert "| 3 | 2 |" in rows[1] and "0.500 ± 0.000" in rows[1]
+
+
+def test_train_report_shows_intervals_and_paired_differences(tmp_path):
+    run = _train_like(tmp_path / "run")
+    m = json.loads((run / "metrics.json").read_text())
+    m["layer"] = 1
+    m["zero_shot_acc"] = {"methods": ["none", "ffv"], "relations": {"antonym": {"none": 0.0, "ffv": 0.7}},
+                          "mean": {"none": 0.0, "ffv": 0.7},
+                          "intervals": {"relations": {"antonym": {"ffv": [0.5, 0.9]}},
+                                        "mean": {"none": [0.0, 0.0], "ffv": [0.5, 0.9]},
+                                        "differences": {"ffv - none": {"diff": 0.7, "ci": [0.5, 0.9],
+                                                                       "excludes_zero": True, "n": 6}}}}
+    write_json(run / "metrics.json", m)
+    rp.build_report(run)
+    md = (run / "report.md").read_text()
+    assert "| antonym | 0.000 | 0.700 [0.500, 0.900] |" in md
+    assert "| ffv - none | 6 | +0.700 [+0.500, +0.900]* |" in md
 
 
 def test_folder_without_metrics_is_a_clear_error(tmp_path, capsys):

@@ -73,6 +73,27 @@ def test_cli_run_folder(fv_run, tmp_path):
         assert entry["val"]["best_epoch"] in (0, 1)
     assert m["mean"]["zero_shot"]["ffv"] == table["mean"]["ffv"] and m["params"]["trainable"] == 2 * 48
 
+    # Per-item outcomes: every test pair once per mode and method, so intervals can be paired.
+    out = json.loads((run / "test_outcomes.json").read_text())["outcomes"]
+    n_items = sum(m["relations"][r]["n_test"] for r in rels)
+    for meth in ("none", "fv", "ffv", "ffv_random"):
+        for mode in ("zero_shot", "shuffled_icl"):
+            keys = out[f"{mode}/{meth}"]["key"]
+            assert len(keys) == len(set(keys)) == n_items
+        c = out[f"zero_shot/{meth}"]["correct"]
+        assert abs(sum(c) - sum(table["relations"][r][meth] * m["relations"][r]["n_test"] for r in rels)) < 1e-4
+    assert "icl" not in out  # reused from the extraction run, which keeps no per-item outcomes
+    ci = table["intervals"]
+    for meth in ("none", "fv", "ffv", "ffv_random"):
+        lo, hi = ci["mean"][meth]
+        assert lo - 1e-6 <= table["mean"][meth] <= hi + 1e-6
+        for r in rels:
+            lo, hi = ci["relations"][r][meth]
+            assert lo - 1e-6 <= table["relations"][r][meth] <= hi + 1e-6
+    d = ci["differences"]["ffv - fv"]
+    assert abs(d["diff"] - (table["mean"]["ffv"] - table["mean"]["fv"])) < 1e-6 and d["n"] == n_items
+    assert d["ci"][0] <= d["diff"] <= d["ci"][1]
+
     # The basis bank: one vector + manifest per relation, composition's input.
     from fvtrain.artifacts import load_vector
 
@@ -128,3 +149,10 @@ def test_ddp_sim_metrics_equal_single_process_evaluation(fv_run, tmp_path):
     _run("fvtrain.train", run, *COMMON, f"ffv.fv_run={fv_run}", "trainer=ddp_sim", "trainer.max_epochs=1",
          "logger=[csv]")
     assert_ddp_metrics_equal_single_process(run, fv_run)
+    # Per-item outcomes gathered from both processes: every test pair exactly once per method.
+    m = json.loads((run / "metrics.json").read_text())
+    n_items = sum(e["n_test"] for e in m["relations"].values())
+    out = json.loads((run / "test_outcomes.json").read_text())["outcomes"]
+    for name, o in out.items():
+        assert len(o["key"]) == len(set(o["key"])) == n_items, name
+    assert m["zero_shot_acc"]["intervals"]["differences"]["ffv - fv"]["n"] == n_items

@@ -51,6 +51,7 @@ class Example(NamedTuple):
     answers: tuple[str, ...]
     mode: str
     prompt: str
+    pair: int = -1  # the pair's position in its split's stage list: pairs methods and modes item by item
 
 
 def _check_modes(modes: Sequence[str], allowed: Sequence[str], what: str) -> tuple[str, ...]:
@@ -129,17 +130,17 @@ def eval_examples(
     out = []
     if "zero_shot" in modes:
         out += [Example(relation_index, split.relation, p.x, tuple(p.answers), "zero_shot",
-                        zero_shot(template, p.x)) for p in pairs]
+                        zero_shot(template, p.x), j) for j, p in enumerate(pairs)]
     if "shuffled_icl" in modes or clean_icl:
         rng = random.Random(f"{seed}-{split.relation}-eval")
         demos = [sample_demos(train, p.x, n_shots, rng) for p in pairs]
         shuf = [shuffled_icl(template, d, p.x, rng) for d, p in zip(demos, pairs)]
         if "shuffled_icl" in modes:
-            out += [Example(relation_index, split.relation, p.x, tuple(p.answers), "shuffled_icl", s)
-                    for p, s in zip(pairs, shuf)]
+            out += [Example(relation_index, split.relation, p.x, tuple(p.answers), "shuffled_icl", s, j)
+                    for j, (p, s) in enumerate(zip(pairs, shuf))]
         if clean_icl:
             out += [Example(relation_index, split.relation, p.x, tuple(p.answers), "icl",
-                            icl(template, d, p.x)) for d, p in zip(demos, pairs)]
+                            icl(template, d, p.x), j) for j, (d, p) in enumerate(zip(demos, pairs))]
     return out
 
 
