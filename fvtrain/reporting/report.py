@@ -480,6 +480,15 @@ def job_section(job: Job, base: Path, level: int, refresh: bool, made: list[Path
 
         parts.append(f"Basis bank: {len(list_vectors(job.path / 'bank'))} fine-tuned vector(s) in `bank/`.")
 
+    if "train" in job.stages and (m.get("zero_shot_acc") or {}).get("intervals"):
+        from fvtrain.training.tables import completion_table, differences_table
+
+        t = completion_table(m, per_relation_ci=True)
+        parts.append(f"{h}# {t.title}\n\n" + t.markdown())
+        d = differences_table(m)
+        if d is not None:
+            parts.append(f"{h}# {d.title}\n\n" + d.markdown())
+
     if "compose" in job.stages:
         from fvtrain.composition.tables import analogy_table
 
@@ -587,6 +596,9 @@ def build_report(path: str | Path, out: str | Path | None = None, refresh: bool 
             ["job", *swept, "stages", *keys],
             [[j.name, *[j.override_values.get(k) for k in swept], "+".join(j.stages) or "-",
               *[h.get(k) for k in keys]] for j, h in zip(jobs, heads)]))
+        seeds = over_seeds(jobs, heads, swept)
+        if seeds:
+            md.append("## Over seeds (mean ± sd)\n\n" + markdown_table(*seeds))
         if swept and keys:
             sweep_fig = _sweep_figure(jobs, heads, swept, keys, out / "figures" / "sweep.png")
             if sweep_fig is not None:
@@ -605,6 +617,30 @@ def build_report(path: str | Path, out: str | Path | None = None, refresh: bool 
     text = "\n\n".join(md) + "\n"
     report_md = _atomic(out / "report.md", lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     return Report(root, kind, jobs, report_md, csv_path, list(dict.fromkeys(figs)), incomplete)
+
+
+def over_seeds(jobs: Sequence[Job], heads: Sequence[Mapping[str, float]], swept: Sequence[str],
+               n_metrics: int = 8) -> tuple[list[str], list[list]] | None:
+    """Headline metrics as mean ± sd over the jobs that differ only in ``seed`` (None when the
+    multirun swept no seed): one row per setting of the other swept keys."""
+    if "seed" not in swept:
+        return None
+    others = [k for k in swept if k != "seed"]
+    groups: dict[tuple, list[int]] = {}
+    for i, j in enumerate(jobs):
+        groups.setdefault(tuple(j.override_values.get(k) for k in others), []).append(i)
+    keys = list(dict.fromkeys(k for h in heads for k in h))[:n_metrics]
+
+    def cell(idx, k):
+        vals = [heads[i][k] for i in idx if k in heads[i]]
+        if not vals:
+            return "-"
+        mean = sum(vals) / len(vals)
+        sd = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0
+        return f"{mean:.3f} ± {sd:.3f}"
+
+    rows = [[*g, len(idx), *[cell(idx, k) for k in keys]] for g, idx in groups.items()]
+    return [*others, "seeds", *[short_key(k) for k in keys]], rows
 
 
 def _failed_jobs(root: Path) -> list[dict]:
