@@ -11,6 +11,8 @@ Prompts are left-padded so that every example's last real token sits in the fina
 targets are right-padded after them. That layout puts the logits we need (last prompt position
 through the second-to-last target token) into one contiguous column range shared by the whole
 batch, so the model never computes a 262,144-wide vocabulary row it does not use.
+
+Every prompt is tokenised by :func:`encode_prompt`, which applies the ``prompt.bos`` policy.
 """
 
 from __future__ import annotations
@@ -159,12 +161,47 @@ def encode_target(tokenizer, template: PromptTemplate, answer: str) -> list[int]
     return list(ids)
 
 
-def encode_prompt(tokenizer, prompt: str) -> list[int]:
-    """Token ids of a prompt, with the tokenizer's own BOS handling."""
-    ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
+BOS_POLICIES = ("auto", "never", "always")
+_BOS_ATTR = "fvtrain_prompt_bos"
+
+
+def set_bos_policy(tokenizer, policy: str) -> None:
+    """Make every prompt encoded with ``tokenizer`` follow ``policy`` (the ``prompt.bos`` option).
+
+    The policy travels with the tokenizer (it survives pickling, e.g. into ``ddp_spawn`` workers),
+    so every stage that encodes prompts with the model's tokenizer applies the same one.
+    """
+    if policy not in BOS_POLICIES:
+        raise ValueError(f"prompt.bos={policy!r}: it must be one of {', '.join(BOS_POLICIES)}")
+    setattr(tokenizer, _BOS_ATTR, policy)
+
+
+def bos_policy(tokenizer) -> str:
+    """The tokenizer's ``prompt.bos`` policy (``auto`` unless :func:`set_bos_policy` set another)."""
+    return getattr(tokenizer, _BOS_ATTR, "auto")
+
+
+def encode_prompt(tokenizer, prompt: str, bos: str | None = None) -> list[int]:
+    """Token ids of a prompt: the tokenizer's own special tokens, then the BOS policy.
+
+    ``bos`` (default: :func:`bos_policy` of the tokenizer): ``auto`` prepends ``bos_token_id``
+    when the tokenizer put none first (GPT-2, GPT-J, NeoX add no BOS; Todd et al.'s code prepends
+    it there), ``never`` keeps the tokenizer's output as is, ``always`` is ``auto`` but refuses a
+    tokenizer that has no BOS token. A tokenizer that adds its own BOS (Gemma, Llama) gets the
+    same ids under every policy: a BOS is never doubled.
+    """
+    policy = bos_policy(tokenizer) if bos is None else bos
+    if policy not in BOS_POLICIES:
+        raise ValueError(f"prompt.bos={policy!r}: it must be one of {', '.join(BOS_POLICIES)}")
+    ids = list(tokenizer(prompt, add_special_tokens=True)["input_ids"])
     if not ids:
         raise ValueError(f"the prompt {prompt!r} encodes to no token")
-    return list(ids)
+    bos_id = tokenizer.bos_token_id
+    if policy == "always" and bos_id is None:
+        raise ValueError("prompt.bos=always, but this tokenizer has no BOS token; use prompt.bos=auto")
+    if policy != "never" and bos_id is not None and ids[0] != bos_id:
+        ids.insert(0, int(bos_id))
+    return ids
 
 
 def make_batch(

@@ -16,12 +16,25 @@ def top_heads(aie: torch.Tensor, k: int) -> list[tuple[int, int, float]]:
     return [(int(i) // H, int(i) % H, float(v)) for v, i in zip(vals, idx)]
 
 
+FV_BIAS = ("none", "per_head")
+
+
 def function_vector(
-    lm: FrozenLM, mean: torch.Tensor, heads: list[tuple[int, int, float]] | list[tuple[int, int]]
+    lm: FrozenLM,
+    mean: torch.Tensor,
+    heads: list[tuple[int, int, float]] | list[tuple[int, int]],
+    bias: str = "none",
 ) -> torch.Tensor:
     """``FV = sum over heads of W_O[:, slice(h)] @ mean[l, h]``: the heads' writes into the residual
-    stream (no o_proj bias: it is not a head's; through the attention-output norm where the
-    architecture has one, see :meth:`Adapter.residual_contributions`)."""
+    stream (through the attention-output norm where the architecture has one, see
+    :meth:`Adapter.residual_contributions`).
+
+    ``bias``: ``none`` (default) adds no o_proj bias, since it is no head's; ``per_head`` adds it
+    once per selected head, as Todd et al.'s code does (it runs the whole ``out_proj`` on each
+    head's zero-padded mean), for exact reproduction of their vectors.
+    """
+    if bias not in FV_BIAS:
+        raise ValueError(f"extract.fv_bias={bias!r}: it must be one of {', '.join(FV_BIAS)}")
     fv = torch.zeros(lm.d_model, dtype=torch.float32)
     per_layer: dict[int, torch.Tensor] = {}
     with torch.no_grad():
@@ -29,4 +42,6 @@ def function_vector(
             if l not in per_layer:
                 per_layer[l] = lm.residual_contributions(l, mean[l]).float().cpu()
             fv += per_layer[l][h]
+            if bias == "per_head":
+                fv += lm.residual_bias(l, mean[l]).float().cpu()
     return fv

@@ -21,9 +21,19 @@ from fvtrain.data.splits import Split, split_hash
 from fvtrain.evaluation.relation import completion, layer_sweep
 from fvtrain.extraction.activations import mean_head_activations
 from fvtrain.extraction.aie import aie_fast, aie_reference
-from fvtrain.extraction.fv import function_vector, top_heads
+from fvtrain.extraction.fv import FV_BIAS, function_vector, top_heads
 from fvtrain.models.wrapper import FrozenLM
-from fvtrain.prompts import PromptTemplate, icl, make_batch, sample_demos, shuffled_icl, zero_shot
+from fvtrain.prompts import (
+    BOS_POLICIES,
+    PromptTemplate,
+    bos_policy,
+    icl,
+    make_batch,
+    sample_demos,
+    set_bos_policy,
+    shuffled_icl,
+    zero_shot,
+)
 from fvtrain.runtime import ModelLike, obtain, seed_everything
 from fvtrain.tracking import tracked
 
@@ -50,6 +60,16 @@ def check_shots(split: Split, n_shots: int) -> None:
             f"train pairs (demonstrations plus a query), but the train split has "
             f"{len(split.train)}; lower extract.n_shots or raise data.n_train"
         )
+
+
+def check_options(cfg: DictConfig) -> None:
+    """Refuse an unknown ``prompt.bos`` or ``extract.fv_bias`` before any model work."""
+    from fvtrain.errors import ConfigError
+
+    for key, value, allowed in (("prompt.bos", cfg.prompt.get("bos", "auto"), BOS_POLICIES),
+                                ("extract.fv_bias", cfg.extract.get("fv_bias", "none"), FV_BIAS)):
+        if value not in allowed:
+            raise ConfigError(f"{key}={value!r}: it must be one of {', '.join(allowed)}")
 
 
 def extract_relation(
@@ -119,7 +139,7 @@ def extract_relation(
         raise ValueError(f"extract.aie_impl must be 'fast' or 'reference', got {cfg.aie_impl!r}")
     aie = effects.mean(0)
     heads = top_heads(aie, int(cfg.k))
-    fv = function_vector(lm, mean, heads)
+    fv = function_vector(lm, mean, heads, bias=str(cfg.get("fv_bias", "none")))
     if progress:
         progress.update(task, description=f"{split.relation}: done")
     return Extracted(split.relation, fv, heads, aie, mean, layer, n_corrupt_used=len(kept))
@@ -173,6 +193,8 @@ def manifest(lm: FrozenLM, ex: Extracted, split: Split, template: PromptTemplate
         "heads": [{"layer": l, "head": h, "aie": a} for l, h, a in ex.heads],
         "k": len(ex.heads),
         "template": template.template,
+        "prompt_bos": bos_policy(lm.tokenizer),
+        "fv_bias": str(cfg.get("fv_bias", "none")),
         "n_shots": int(cfg.n_shots),
         "n_prompts": int(cfg.n_prompts),
         "n_corrupt": ex.n_corrupt_used,
@@ -226,7 +248,7 @@ def run(cfg: DictConfig, out: Path, lm: ModelLike) -> ExtractResult:
     """
     from fvtrain.console import progress
     from fvtrain.data.select import load_relations
-    from fvtrain.data.splits import save_splits, split_relation
+    from fvtrain.data.splits import configured_split, save_splits
     from fvtrain.preflight import check_config, check_geometry
     from fvtrain.reporting.figures import aie_heatmaps, layer_sweep_curves
 
@@ -235,10 +257,12 @@ def run(cfg: DictConfig, out: Path, lm: ModelLike) -> ExtractResult:
     template = PromptTemplate(cfg.prompt.template)
     ex_cfg = cfg.extract
     check_config(cfg)
+    check_options(cfg)
     geo = check_geometry(cfg, ex_cfg.layer, ex_cfg.k)
     layer = int(ex_cfg.layer) if ex_cfg.layer is not None else max(0, round(geo["n_layers"] / 3))
     ds = load_relations(cfg.data)
-    splits = {name: split_relation(rel, int(cfg.data.n_train), cfg.data.get("n_val"), seed)
+    splits = {name: configured_split(rel, int(cfg.data.n_train), cfg.data.get("n_val"), seed,
+                                     cfg.data.get("cv_folds"), cfg.data.get("cv_fold"))
               for name, rel in ds.relations.items()}
     for s in splits.values():
         check_shots(s, int(ex_cfg.n_shots))
@@ -247,6 +271,7 @@ def run(cfg: DictConfig, out: Path, lm: ModelLike) -> ExtractResult:
 
     seed_everything(seed)
     lm = obtain(lm)
+    set_bos_policy(lm.tokenizer, str(cfg.prompt.get("bos", "auto")))
     per_relation, aies, tops, sweeps, baselines = {}, {}, {}, {}, {}
     with progress() as bar:
         rel_task = bar.add_task("relations", total=len(splits))

@@ -167,11 +167,29 @@ class Adapter:
         linearised around the whole layer's output, ``gain * W_O[:, h] v_h / rms(o_proj(v))``,
         so the contributions of all heads sum exactly to what the residual stream receives.
         """
+        raw, scale = self._raw_and_scale(layer, values)
+        return raw if scale is None else (raw.float() * scale).to(raw.dtype)
+
+    def residual_bias(self, layer: int, values: torch.Tensor) -> torch.Tensor:
+        """The o_proj bias's write into the residual stream, ``[d_model]`` (zeros without one).
+
+        Under the same linearisation as :meth:`residual_contributions` (``values`` fix it), so
+        heads plus bias sum to what the residual stream receives.
+        """
+        raw, scale = self._raw_and_scale(layer, values)
+        bias = self.out_proj_bias(layer)
+        if bias is None:
+            return torch.zeros(self.d_model, dtype=raw.dtype, device=raw.device)
+        bias = bias.to(raw.device, raw.dtype)
+        return bias if scale is None else (bias.float() * scale).to(raw.dtype)
+
+    def _raw_and_scale(self, layer: int, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Per-head ``W_O`` writes and the attention-output norm's linearised per-channel scale."""
         w = self.out_proj_weight(self.check_layer(layer))
         v = values.to(w.device, w.dtype)
         raw = torch.stack([v[h] @ w[:, self.head_slice(h)].t() for h in range(self.n_heads)])
         if self.spec.attn_out_norm is None:
-            return raw
+            return raw, None
         norm = _get(self.blocks[layer], self.spec.attn_out_norm)
         eps = float(getattr(norm, "eps", getattr(norm, "variance_epsilon", 1e-6)))
         total = raw.sum(0)
@@ -181,7 +199,7 @@ class Adapter:
         rms = (total.float().pow(2).mean() + eps).sqrt()
         # The norm's per-channel gain, whatever its parameterisation (w or 1 + w).
         gain = norm(torch.ones_like(total)).float() * (1.0 + eps) ** 0.5
-        return (raw.float() * gain / rms).to(raw.dtype)
+        return raw, gain / rms
 
     def unembed(self, hidden: torch.Tensor) -> torch.Tensor:
         """Logits of residual-stream vectors: final norm, unembedding, and any logit soft-cap."""

@@ -17,8 +17,12 @@ _CORPUS = (
 ) * 4
 
 
-def tiny_tokenizer():
-    """A deterministic byte-level BPE tokenizer (~320 tokens) with a BOS it adds itself."""
+def tiny_tokenizer(add_bos: bool = True):
+    """A deterministic byte-level BPE tokenizer (~320 tokens) with a BOS it adds itself.
+
+    ``add_bos=False`` keeps the BOS token but never adds it, like GPT-2's, GPT-J's and NeoX's
+    tokenizers (for tests of ``prompt.bos``).
+    """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -33,9 +37,10 @@ def tiny_tokenizer():
     )
     tok.train_from_iterator([_CORPUS], trainer=trainer)
     bos = tok.token_to_id("<bos>")
-    tok.post_processor = processors.TemplateProcessing(
-        single="<bos> $A", pair="<bos> $A $B", special_tokens=[("<bos>", bos)]
-    )
+    if add_bos:
+        tok.post_processor = processors.TemplateProcessing(
+            single="<bos> $A", pair="<bos> $A $B", special_tokens=[("<bos>", bos)]
+        )
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>"
     )

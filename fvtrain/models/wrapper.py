@@ -16,7 +16,7 @@ import torch
 from fvtrain.models import hooks
 from fvtrain.models.adapters import Adapter
 from fvtrain.models.source import ModelSource
-from fvtrain.prompts import PromptBatch, PromptTemplate, make_batch
+from fvtrain.prompts import PromptBatch, PromptTemplate, encode_prompt, make_batch
 
 
 class SelfCheckError(RuntimeError):
@@ -307,6 +307,19 @@ class FrozenLM:
             handle.remove()
         return seen[0].cpu()
 
+    def block_output(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, layer: int) -> torch.Tensor:
+        """``[B, d_model]`` block ``layer``'s output at the last column (the residual stream where
+        vectors are added), float32 on the CPU. Only blocks ``0..layer`` run."""
+        layer = self.check_layer(layer)
+        with torch.no_grad(), hooks.record_block_output(self.adapter, layer, stop=True) as rec:
+            try:
+                self.body(input_ids, attention_mask)
+            except hooks.StopForward:
+                pass
+        if rec["output"] is None:
+            raise RuntimeError(f"block {layer} of {self.model_type} did not run; its output was not recorded")
+        return rec["output"].float().cpu()
+
     # -- hooks -----------------------------------------------------------------------------
     def inject(self, vectors: torch.Tensor, layer: int, positions=None, rows=None,
                first_call_only: bool = False):
@@ -321,6 +334,11 @@ class FrozenLM:
     def patch_heads(self, layers, heads, values, rows=None, positions=None):
         """Context manager replacing head slices of the o_proj input (see hooks.patch_heads)."""
         return hooks.patch_heads(self.adapter, layers, heads, values, rows, positions)
+
+    def replace(self, vectors: torch.Tensor, layer: int, positions=None):
+        """Context manager overwriting block ``layer``'s output with ``vectors`` (see hooks.replace)."""
+        self.check_vector(vectors)
+        return hooks.replace(self.adapter, vectors, self.check_layer(layer), positions)
 
     def inject_many(self, edits):
         """Several injections in one forward: ``edits`` are ``(layer, vector, rows)`` triples."""
@@ -337,6 +355,11 @@ class FrozenLM:
     def residual_contributions(self, layer: int, values: torch.Tensor) -> torch.Tensor:
         """Each head's contribution to the residual stream (``W_O`` slice times ``values``)."""
         return self.adapter.residual_contributions(layer, values)
+
+    def residual_bias(self, layer: int, values: torch.Tensor) -> torch.Tensor:
+        """The attention output projection's bias as written into the residual stream (zeros
+        without one), linearised around ``values`` like :meth:`residual_contributions`."""
+        return self.adapter.residual_bias(layer, values)
 
     @property
     def model_type(self) -> str:
@@ -370,7 +393,7 @@ class FrozenLM:
     ) -> list[str]:
         """Greedy continuations; a vector edits only the prompt's last position."""
         tok = self.tokenizer
-        enc = [tok(p, add_special_tokens=True)["input_ids"] for p in prompts]
+        enc = [encode_prompt(tok, p) for p in prompts]  # the same BOS policy as scored prompts
         T = max(map(len, enc))
         pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
         ids = torch.full((len(enc), T), pad, dtype=torch.long)
