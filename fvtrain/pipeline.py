@@ -44,6 +44,9 @@ def pipeline(cfg: DictConfig, out: Path | None = None) -> dict:
     out = Path(out) if out is not None else cli.output_dir()
     stages = check_stages(cfg)
     check_config(cfg)  # every stage's settings, before the first stage loads any weights
+    if cfg.data.get("cv_folds"):
+        raise cli.ConfigError("data.cv_folds is an evaluation of fvtrain-train (one bank per fold); the "
+                              "main job composes one bank: run fvtrain-train data.cv_folds=... instead")
     from fvtrain.tracking import label, scope
 
     # One logger group for the whole job (its run folder), one run per stage (out/<stage>/).

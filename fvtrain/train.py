@@ -5,12 +5,15 @@
     fvtrain-train ffv.init=zeros ffv.loss.target=full optim.optimizer.lr=0.02 trainer.max_epochs=20
     fvtrain-train model=tiny-llama trainer=ddp_sim logger=[csv,tensorboard]
     fvtrain-train hydra.run.dir=outputs/train/my-run ckpt_path=last   # resume an interrupted run
+    fvtrain-train data.cv_folds=5     # every pair tested once, by vectors trained on the other folds
 
 Writes to the run folder: ``metrics.json`` (test table, per relation and mean), ``bank/<relation>
 .safetensors`` + ``.json`` (the basis bank composition reads), ``bank_random/`` (the random-init
 baseline, when requested), ``checkpoints/`` (vectors + optimiser state only; ``last.ckpt`` and the
 best epoch), ``extraction/`` (when FVs were extracted here), ``splits.json``, ``config.yaml`` and
-the logger folders (``csv/``, ``tensorboard/``, ``wandb/``).
+the logger folders (``csv/``, ``tensorboard/``, ``wandb/``). With ``data.cv_folds=k`` each fold is
+such a run in ``fold_<i>/`` and the top folder holds the merged ``metrics.json`` and
+``test_outcomes.json``.
 """
 
 from __future__ import annotations
@@ -31,7 +34,12 @@ def train(cfg: DictConfig, out: Path | None = None) -> dict:
     out = Path(out) if out is not None else Path(cfg.paths.output_dir)
     cli.pin_run_dir(out)
     try:
-        result = job.run(cfg, out, LazyModel(cfg.model))
+        if cfg.data.get("cv_folds"):
+            from fvtrain.training import cv
+
+            result = cv.run(cfg, out, LazyModel(cfg.model))
+        else:
+            result = job.run(cfg, out, LazyModel(cfg.model))
     finally:
         finish_wandb()
     if result.metrics:  # empty on DDP ranks other than 0

@@ -97,3 +97,22 @@ def test_split_indexing() -> None:
     assert s["train"] == s.train
     with pytest.raises(KeyError, match="unknown split 'dev'"):
         s["dev"]
+
+
+def test_cross_validation_tests_every_pair_exactly_once():
+    from fvtrain.data.splits import cv_position, cv_split
+
+    rel = Relation("r", tuple(Pair(f"x{i}", (f"y{i}",)) for i in range(23)))
+    k = 5
+    tested = []
+    for fold in range(k):
+        s = cv_split(rel, k, fold, n_train=10, seed=3)
+        xs = {p.x for p in s.test}
+        assert not xs & {p.x for p in s.train} and not xs & {p.x for p in s.val}
+        assert len(s.val) >= 1 and 1 <= len(s.train) <= 10
+        tested += [p.x for p in s.test]
+        # The merge key of the j-th test pair is its position in the seeded order.
+        assert [cv_position(k, fold, j) for j in range(len(s.test))] == list(range(fold, 23, k))
+    assert sorted(tested) == sorted(p.x for p in rel.pairs)  # each pair once, over the folds
+    with pytest.raises(ValueError, match="too few for 5-fold cross-validation"):
+        cv_split(Relation("tiny", rel.pairs[:6]), 5, 0)

@@ -156,3 +156,31 @@ def test_ddp_sim_metrics_equal_single_process_evaluation(fv_run, tmp_path):
     for name, o in out.items():
         assert len(o["key"]) == len(set(o["key"])) == n_items, name
     assert m["zero_shot_acc"]["intervals"]["differences"]["ffv - fv"]["n"] == n_items
+
+
+def test_cross_validation_tests_every_pair_once_and_merges_the_folds(tmp_path):
+    from fvtrain.data.select import load_relations
+    from fvtrain.data.splits import dedupe
+    from omegaconf import OmegaConf
+
+    run = tmp_path / "cv"
+    _run("fvtrain.train", run, *COMMON, "data.cv_folds=3", "trainer.max_epochs=1", "logger=[csv]",
+         "extract.layer_sweep=false", "ffv.test_modes=[zero_shot]")
+    m = json.loads((run / "metrics.json").read_text())
+    assert m["cv"]["folds"] == 3 and all((run / f"fold_{i}" / "bank").is_dir() for i in range(3))
+    cfg = OmegaConf.load(run / "config.yaml")
+    sizes = {n: len(dedupe(r).pairs) for n, r in load_relations(cfg.data).relations.items()}
+    out = json.loads((run / "test_outcomes.json").read_text())["outcomes"]
+    for name, o in out.items():
+        by_rel = {}
+        for key in o["key"]:
+            by_rel.setdefault(key // 1_000_000, []).append(key % 1_000_000)
+        for i, (r, n) in enumerate(sizes.items()):
+            assert sorted(by_rel[i]) == list(range(n)), (name, r)  # every pair exactly once
+    table = m["zero_shot_acc"]
+    for r, n in sizes.items():
+        assert m["cv"]["pairs_tested"][r] == n
+        c = [v for k, v in zip(out["zero_shot/ffv"]["key"], out["zero_shot/ffv"]["correct"])
+             if k // 1_000_000 == list(sizes).index(r)]
+        assert abs(table["relations"][r]["ffv"] - sum(c) / n) < 1e-9
+    assert "icl" in table["methods"] and table["intervals"]["differences"]["ffv - icl"]["n"] == sum(sizes.values())

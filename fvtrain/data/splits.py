@@ -101,6 +101,48 @@ def split_relation(
     )
 
 
+def cv_split(relation: Relation, k: int, fold: int, n_train: int = DEFAULT_N_TRAIN,
+             n_val: int | None = None, seed: int = 0) -> Split:
+    """Fold ``fold`` of ``k``-fold cross-validation: every ``k``-th pair of the seeded order (from
+    ``fold``) is the test split, so over the folds every pair is tested exactly once; the other
+    folds give the validation pairs (``n_val``, default the half of what exceeds ``n_train``, at
+    least one) and up to ``n_train`` train pairs."""
+    if k < 2 or not 0 <= fold < k:
+        raise ValueError(f"cross-validation needs data.cv_folds >= 2 and 0 <= fold < k, got k={k}, fold={fold}")
+    rel = dedupe(relation)
+    n = len(rel.pairs)
+    if n < k + 2:
+        raise ValueError(f"relation {rel.name!r} has {n} distinct pairs, too few for {k}-fold "
+                         f"cross-validation (each fold needs a test pair and the others a train and a "
+                         f"validation pair); lower data.cv_folds")
+    order = list(range(n))
+    _rng(seed, rel.name).shuffle(order)
+    pairs = [rel.pairs[i] for i in order]
+    test = pairs[fold::k]
+    rest = [p for i, p in enumerate(pairs) if i % k != fold]
+    if n_val is None:
+        n_val = max(1, (len(rest) - n_train) // 2)
+    n_val = min(int(n_val), len(rest) - 1)
+    return Split(tuple(rest[n_val : n_val + n_train]), tuple(rest[:n_val]), tuple(test), rel.name)
+
+
+def configured_split(relation: Relation, n_train: int = DEFAULT_N_TRAIN, n_val: int | None = None,
+                     seed: int = 0, cv_folds: int | None = None, cv_fold: int | None = None) -> Split:
+    """The split a job's ``data`` config asks for: the seeded train/val/test cut, or one fold of
+    ``cv_folds``-fold cross-validation (``cv_fold`` must then name it)."""
+    if not cv_folds:
+        return split_relation(relation, n_train, n_val, seed)
+    if cv_fold is None:
+        raise ValueError(f"data.cv_folds={cv_folds} needs data.cv_fold=<0..{int(cv_folds) - 1}> here "
+                         "(fvtrain-train runs every fold itself)")
+    return cv_split(relation, int(cv_folds), int(cv_fold), n_train, n_val, seed)
+
+
+def cv_position(k: int, fold: int, j: int) -> int:
+    """The seeded-order position of the ``j``-th test pair of ``fold`` (see :func:`cv_split`)."""
+    return fold + j * k
+
+
 def split_all(
     relations: DataSet | Mapping[str, Relation] | Iterable[Relation],
     n_train: int = DEFAULT_N_TRAIN,

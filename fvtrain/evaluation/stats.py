@@ -14,6 +14,7 @@ than two items make an interval meaningless.
 
 from __future__ import annotations
 
+import math
 from typing import Mapping, Sequence
 
 import torch
@@ -130,13 +131,15 @@ def _meta(n_boot: int, level: float, seed: int) -> dict:
             "stratified by relation"}
 
 
-def fmt(value: float | None, ci: Sequence[float] | None = None, digits: int = 3) -> str:
-    """``0.612 [0.540, 0.680]`` (the value alone without an interval; ``-`` for none)."""
-    if value is None or value != value:
+def fmt(value: float | None, ci: Sequence[float] | None = None, digits: int = 3, compact: bool = False) -> str:
+    """``0.612 [0.540, 0.680]`` (the value alone without an interval; ``-`` for none); ``compact``
+    (console tables): ``0.61 [0.54,0.68]``."""
+    if value is None or math.isnan(value):
         return "-"
+    digits = 2 if compact else digits
     text = f"{value:.{digits}f}"
     if ci:
-        text += f" [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
+        text += f" [{ci[0]:.{digits}f}{',' if compact else ', '}{ci[1]:.{digits}f}]"
     return text
 
 

@@ -14,13 +14,14 @@ def _v(x):
 
 def completion_table(metrics: Mapping, title: str | None = None, per_relation_ci: bool = False) -> Table:
     """Zero-shot test accuracy per relation and method (none, FV, FFV, ..., ICL), then the mean with
-    its 95% bootstrap interval (``per_relation_ci``: every cell with its own)."""
+    its 95% bootstrap interval (``per_relation_ci``, for report.md: every cell with its own; the
+    console's compact form otherwise)."""
     t = metrics["zero_shot_acc"]
     ci = t.get("intervals") or {}
     cols = list(t["methods"])
 
     def cell(v, lo_hi):
-        return _v(v) if v is None or not lo_hi else fmt(v, lo_hi)
+        return _v(v) if v is None or not lo_hi else fmt(v, lo_hi, compact=not per_relation_ci)
 
     rows = [[r, *[cell(d.get(m), (ci.get("relations", {}).get(r, {}).get(m) if per_relation_ci else None))
                   for m in cols]] for r, d in t["relations"].items()]
