@@ -217,6 +217,58 @@ def record_block_inputs(adapter: Adapter, positions: Positions = None) -> Iterat
         out["inputs"] = torch.stack(out["inputs"])
 
 
+@contextmanager
+def replace(adapter: Adapter, vectors: torch.Tensor, layer: int, positions: Positions = None) -> Iterator[None]:
+    """Overwrite block ``layer``'s output at each row's position (default the last column) with
+    ``vectors`` (``[d_model]`` or ``[B, d_model]``): Hendel et al.'s task-vector patching, where
+    :func:`inject` adds."""
+    block = adapter.block(layer)
+
+    def hook(module, args, output):
+        hidden = output[0] if isinstance(output, tuple) else output
+        b, t, _ = hidden.shape
+        cols = _columns(positions, b, t, hidden.device)
+        v = vectors.to(device=hidden.device, dtype=hidden.dtype)
+        hidden = hidden.index_put((torch.arange(b, device=hidden.device), cols), v.expand(b, -1))
+        return (hidden,) + tuple(output[1:]) if isinstance(output, tuple) else hidden
+
+    handle = block.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+class StopForward(Exception):
+    """Raised by :func:`record_block_output` with ``stop``: nothing above the recorded block is needed."""
+
+
+@contextmanager
+def record_block_output(adapter: Adapter, layer: int, positions: Positions = None,
+                        stop: bool = False) -> Iterator[dict]:
+    """Yield ``{"output": [B, d_model]}``: block ``layer``'s output (the residual stream where vectors
+    are injected) at each row's position (default the last column), filled by the next forward.
+
+    With ``stop`` the forward is cut short by :class:`StopForward` once the block has run (the
+    caller catches it): the blocks above and the unembedding would be wasted work.
+    """
+    adapter.check_layer(layer)
+    out: dict = {"output": None}
+
+    def hook(module, args, output):
+        hidden = output[0] if isinstance(output, tuple) else output
+        cols = _columns(positions, hidden.shape[0], hidden.shape[1], hidden.device)
+        out["output"] = hidden[torch.arange(hidden.shape[0], device=hidden.device), cols].detach()
+        if stop:
+            raise StopForward
+
+    handle = adapter.block(layer).register_forward_hook(hook)
+    try:
+        yield out
+    finally:
+        handle.remove()
+
+
 class _Skip(torch.nn.Module):
     """Stands in for a block that must not run: passes its input through, or returns ``replace``."""
 

@@ -277,7 +277,9 @@ def _per_relation(metrics: Mapping) -> dict | None:
     return None
 
 
-def _accuracy_leaves(d: Mapping, path: tuple = ()) -> dict[str, float]:
+def _accuracy_leaves(d: Mapping, path: tuple = (), intervals: dict | None = None) -> dict[str, float]:
+    """``{label: acc}`` of every accuracy under ``d``; ``intervals`` (when given) receives
+    ``{label: [lo, hi]}`` for those saved with an ``acc_ci``."""
     out: dict[str, float] = {}
     for k, v in d.items():
         if k in SKIP_KEYS:
@@ -286,8 +288,10 @@ def _accuracy_leaves(d: Mapping, path: tuple = ()) -> dict[str, float]:
         if isinstance(v, dict):
             if _num(v.get("acc")):
                 out["/".join(p)] = float(v["acc"])
+                if intervals is not None and _interval(v.get("acc_ci")):
+                    intervals["/".join(p)] = [float(c) for c in v["acc_ci"]]
             else:
-                out.update(_accuracy_leaves(v, p))
+                out.update(_accuracy_leaves(v, p, intervals))
         elif _num(v) and 0 <= float(v) <= 1 and (k in METHOD_KEYS or str(k).endswith("acc")):
             label = "/".join(p[:-1] if str(k) in ("acc", "accuracy") else p)
             if label:
@@ -297,6 +301,10 @@ def _accuracy_leaves(d: Mapping, path: tuple = ()) -> dict[str, float]:
 
 def _num(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
+
+
+def _interval(ci: Any) -> bool:
+    return isinstance(ci, (list, tuple)) and len(ci) == 2 and all(_num(c) for c in ci)
 
 
 def pretty(label: str) -> str:
@@ -321,6 +329,18 @@ def relation_accuracies(metrics: Mapping) -> dict[str, dict[str, float]]:
     series = list(dict.fromkeys(s for v in out.values() for s in v))
     out["mean"] = {s: sum(v[s] for v in out.values() if s in v) / sum(1 for v in out.values() if s in v)
                    for s in series}
+    return out
+
+
+def relation_intervals(metrics: Mapping) -> dict[str, dict[str, list[float]]]:
+    """``{relation: {method label: [lo, hi]}}``: the 95% intervals saved beside the accuracies of
+    :func:`relation_accuracies` (``acc_ci``), for error bars; relations without any are left out."""
+    out = {}
+    for name, r in (_per_relation(metrics) or {}).items():
+        cis: dict = {}
+        _accuracy_leaves(r, intervals=cis)
+        if cis:
+            out[name] = {pretty(k): v for k, v in cis.items()}
     return out
 
 
@@ -409,27 +429,35 @@ def _layer_sweep(job: Job):
     return make
 
 
-def _accuracy_bars(values):
+def _accuracy_bars(values, intervals=None):
     def make(path):
         from fvtrain.reporting.figures import grouped_bars
 
-        return grouped_bars(values, path, "test accuracy", "Accuracy per relation, every method")
+        return grouped_bars(values, path, "test accuracy", "Accuracy per relation, every method",
+                            intervals=intervals or None)
     return make
 
 
-def _composition(table):
-    """The composition figure: the bars of the composition table (``fvtrain.composition.tables``)."""
+def _composition(table, methods: Mapping | None = None):
+    """The composition figure: the bars of the composition table (``fvtrain.composition.tables``),
+    with error bars where ``methods[name][mode][group]`` (metrics.json) saved an ``acc_ci``."""
     def make(path):
         from fvtrain.reporting.figures import grouped_bars
 
-        vals = {}
+        vals, cis = {}, {}
         for name, *accs in table.rows:
             row = {col: float(acc) for col, acc in zip(table.columns[1:], accs) if _num(acc)}
             if row:
                 vals[name] = row
+            for col in row:  # columns read "<mode> <group>": "open all", "MC far"
+                mode, _, group = col.lower().partition(" ")
+                ci = ((((methods or {}).get(name) or {}).get(mode) or {}).get(group) or {}).get("acc_ci")
+                if _interval(ci):
+                    cis.setdefault(name, {})[col] = [float(c) for c in ci]
         if not vals:
             return None
-        return grouped_bars(vals, path, "analogy accuracy", "Composition schemes and baselines")
+        return grouped_bars(vals, path, "analogy accuracy", "Composition schemes and baselines",
+                            intervals=cis or None)
     return make
 
 
@@ -470,8 +498,8 @@ def job_section(job: Job, base: Path, level: int, refresh: bool, made: list[Path
         title = "Fine-tuned function vectors" if "train" in job.stages else "Function vectors"
         parts.append(f"{h}# {title}: accuracy per relation\n\n" + markdown_table(
             ["relation", *series], [[n, *[v.get(s) for s in series]] for n, v in accs.items()]))
-        show("accuracy per relation", _figure(job.path, "accuracy_by_relation.png", _accuracy_bars(accs),
-                                              refresh, made))
+        show("accuracy per relation", _figure(job.path, "accuracy_by_relation.png",
+                                              _accuracy_bars(accs, relation_intervals(m)), refresh, made))
         show("layer sweep", _figure(job.path, "layer_sweep.png", _layer_sweep(job), refresh, made))
     if _aie_dir(job) is not None:
         show("AIE heatmaps", _figure(job.path, "aie_heatmap.png", _aie_heatmap(job), refresh, made))
@@ -494,8 +522,8 @@ def job_section(job: Job, base: Path, level: int, refresh: bool, made: list[Path
 
         table = analogy_table(m)
         parts.append(f"{h}# Composition: {table.title}\n\n" + table.markdown())
-        show("composition schemes", _figure(job.path, "composition_schemes.png", _composition(table),
-                                            refresh, made))
+        show("composition schemes", _figure(job.path, "composition_schemes.png",
+                                            _composition(table, m.get("methods")), refresh, made))
 
     if "eval" in job.stages:
         parts.append(_eval_section(job, base, h, refresh, made, figs))

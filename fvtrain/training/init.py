@@ -1,18 +1,22 @@
-"""Initial vectors for FFV training: extracted FVs read from disk (checked), random, or zeros."""
+"""Initial vectors for FFV training: extracted FVs read from disk (checked), random, zeros, or a
+baseline vector (task vector, mean difference, random with the residual stream's norm)."""
 
 from __future__ import annotations
 
 import math
 import random
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import torch
 
 from fvtrain import runs
 from fvtrain.errors import ArtifactError, ConfigError
 
-INITS = ("fv", "random", "zeros")
+# Baseline vectors (fvtrain.training.baselines) an FFV can also start from; named here so that
+# this module needs no import of the one that builds them.
+BASELINE_INITS = ("task_vector", "mean_diff", "random_rms")
+INITS = ("fv", "random", "zeros", *BASELINE_INITS)
 
 
 class InitArtifactError(ArtifactError):
@@ -121,8 +125,14 @@ def random_like(norms: torch.Tensor, relations: Sequence[str], d_model: int, see
 
 
 def initial_vectors(kind: str, relations: Sequence[str], d_model: int, seed: int,
-                    fv: torch.Tensor | None = None) -> torch.Tensor:
-    """``fv`` (the extracted vectors), ``random`` (the FV's norm, or 1 without FVs), ``zeros``."""
+                    fv: torch.Tensor | None = None,
+                    baselines: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
+    """``fv`` (the extracted vectors), ``random`` (the FV's norm, or 1 without FVs), ``zeros``, or
+    one of :data:`BASELINE_INITS` (``baselines[kind]``, built by :mod:`fvtrain.training.baselines`)."""
+    if kind in BASELINE_INITS:
+        if not baselines or kind not in baselines:
+            raise ValueError(f"init={kind} needs the {kind} baseline vectors")
+        return baselines[kind].detach().float().clone()
     if kind == "fv":
         if fv is None:
             raise ValueError("init=fv needs extracted function vectors")

@@ -80,6 +80,15 @@ def check_ffv(cfg: DictConfig) -> None:
         raise ConfigError(f"ffv.loss.lambda must be >= 0, got {f.loss['lambda']}")
     if int(f.batch_per_relation) < 1 or int(f.eval_batch_size) < 1:
         raise ConfigError("ffv.batch_per_relation and ffv.eval_batch_size must be positive")
+    from fvtrain.training.baselines import check_names
+
+    try:
+        check_names(_list(f.get("baselines")))
+    except ValueError as err:
+        raise ConfigError(f"ffv.baselines: {err}") from None
+    if f.get("baseline_prompts") is not None and int(f.baseline_prompts) < 1:
+        raise ConfigError(f"ffv.baseline_prompts must be >= 1 (or null), got {f.baseline_prompts}")
+
 
 
 def model_d_model(cfg: DictConfig) -> int:
@@ -218,7 +227,8 @@ def run(cfg: DictConfig, out: Path, lm: ModelLike, fv_source: Path | str | None 
     if layer is None:
         layer = max(0, round(geo["n_layers"] / 3))
     layer = int(layer)
-    if fv is None and need_fv:
+    baseline_names = baselines_needed(f)
+    if (fv is None and need_fv) or baseline_names:
         from fvtrain.extraction.job import check_shots
 
         for s in splits.values():
@@ -262,7 +272,7 @@ def run(cfg: DictConfig, out: Path, lm: ModelLike, fv_source: Path | str | None 
     }
 
     def make_module(init_kind: str, prefix: str = "") -> FFVModule:
-        init = initial_vectors(init_kind, relations, d_model, seed, fv)
+        init = initial_vectors(init_kind, relations, d_model, seed, fv, base.vectors if base else None)
         m = FFVModule(relations, layer, init, fv if f.compare_fv or init_kind == "fv" else None,
                       lm_factory=factory, optimizer=optimizer, scheduler=scheduler,
                       scheduler_interval=cfg.optim.get("interval", "epoch"), lr_scale=lr_scale,
@@ -280,6 +290,15 @@ def run(cfg: DictConfig, out: Path, lm: ModelLike, fv_source: Path | str | None 
 
     # -- fit the FFVs ----------------------------------------------------------------------
     times = {}
+    base = None
+    if baseline_names:
+        from fvtrain.training.baselines import build_baselines
+
+        t0 = time.time()
+        base = build_baselines(lm, splits, baseline_names, template, seed, layer,
+                               int(f.get("baseline_prompts") or cfg.extract.n_prompts), int(cfg.extract.n_shots),
+                               int(cfg.extract.batch_size))
+        times["baselines_s"] = time.time() - t0
     module = make_module(f.init)
     t0 = time.time()
     trainer = build_trainer(cfg, loggers, instantiate_callbacks(cfg, has_logger=has_logger, checkpoint_dir=ckpt_dir))
@@ -305,6 +324,8 @@ def run(cfg: DictConfig, out: Path, lm: ModelLike, fv_source: Path | str | None 
         module.vectors.copy_(vectors.to(module.vectors))
     if random_vectors is not None:
         module.set_random_baseline(random_vectors)
+    if base is not None:
+        module.set_baselines({n: base.vectors[n] for n in _list(f.get("baselines")) if n in base.vectors})
     t0 = time.time()
     ttrainer = build_trainer(cfg, loggers, instantiate_callbacks(cfg, has_logger=has_logger, checkpoints=False))
     ttrainer.test(module, datamodule=dm, verbose=False)
@@ -332,8 +353,57 @@ def run(cfg: DictConfig, out: Path, lm: ModelLike, fv_source: Path | str | None 
         if random_vectors is not None:
             save_bank(out / runs.BANK_RANDOM, lm, relations, random_vectors, splits, template, cfg, layer,
                       fv_manifests, metrics, "ffv_random", _best_val(random_module, relations))
+    if base is not None:
+        from fvtrain.training.baselines import FOLDER, save_baselines
+
+        if "task_vector_replace" in _list(f.get("baselines")) and "zero_shot" in test_modes:
+            t0 = time.time()
+            add_replace_column(metrics, lm, splits, base, template, layer, int(f.eval_batch_size))
+            times["replace_s"] = time.time() - t0
+        save_baselines(out / FOLDER, base, lm, splits, template, seed, metrics)
+        metrics["baselines"] = baseline_metrics(base)
     metrics = runs.write_metrics(out, "train", metrics)
     return TrainResult("train", out, metrics, bank=bank, layer=layer, fv_source=fv_folder)
+
+
+def add_replace_column(metrics: dict, lm, splits, base, template, layer: int, batch_size: int) -> None:
+    """The ``task_vector_replace`` column (Hendel's patching) in the zero-shot table, per relation
+    and mean; scored outside the test loop (no bootstrap interval)."""
+    from fvtrain.training.baselines import replace_scores
+
+    name = "task_vector_replace"
+    scores = replace_scores(lm, splits, base.vectors["task_vector"], layer, template, batch_size)
+    table = metrics["zero_shot_acc"]
+    at = table["methods"].index("icl") if "icl" in table["methods"] else len(table["methods"])
+    table["methods"].insert(at, name)
+    for r, sc in scores.items():
+        sc = {k: (_f32(v) if k != "n" and v is not None else v) for k, v in sc.items()}
+        metrics["relations"][r]["zero_shot"][name] = sc
+        table["relations"][r][name] = sc["acc"]
+    for key, stat in (("zero_shot", "acc"), ("zero_shot_prob", "prob")):
+        metrics["mean"][key][name] = _mean([metrics["relations"][r]["zero_shot"][name][stat] for r in splits])
+    table["mean"][name] = metrics["mean"]["zero_shot"][name]
+
+
+def baselines_needed(f) -> list[str]:
+    """Baselines to build: those of ``ffv.baselines``, and ``ffv.init`` when it is one."""
+    from fvtrain.training.baselines import BASELINES
+
+    names = _list(f.get("baselines"))
+    return list(dict.fromkeys(names + ([f.init] if f.init in BASELINES else [])))
+
+
+def baseline_metrics(base) -> dict:
+    """What metrics.json says about the baseline vectors (their accuracies are in the test table)."""
+    return {
+        "about": "task_vector: mean block-`layer` output at the last token of clean ICL prompts; mean_diff: "
+                 "that minus the mean over the matching zero-shot prompts; random_rms: a random direction "
+                 "with the norm of the residual stream (residual_norm). All are added at the last prompt "
+                 "token like the FV; vectors in baselines/<name>/<relation>.safetensors",
+        "names": list(base.vectors), "n_prompts": base.n_prompts, "n_shots": base.n_shots,
+        "residual_norm": {r: float(base.residual_norm[i]) for i, r in enumerate(base.relations)},
+        "norm": {n: {r: float(v[i].norm()) for i, r in enumerate(base.relations)} for n, v in base.vectors.items()},
+    }
 
 
 def _best_val(module, relations) -> dict:

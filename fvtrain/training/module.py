@@ -26,7 +26,7 @@ import logging
 import math
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -125,6 +125,8 @@ class FFVModule(LightningModule):
         self.register_buffer("has_fv", torch.tensor(fv_vectors is not None))
         self.register_buffer("random_vectors", torch.zeros(R, d))
         self.register_buffer("has_random", torch.tensor(False))
+        # Named baseline vectors (set_baselines), tested as extra methods after the FFVs.
+        self.baseline_names: list[str] = []
         # Per-relation model selection: the vector of each relation's best validation epoch.
         self.register_buffer("best_vectors", init.clone())
         self.register_buffer("best_score", torch.full((R,), -math.inf, dtype=torch.float64))
@@ -380,13 +382,14 @@ class FFVModule(LightningModule):
         out.append("ffv")
         if bool(self.has_random):
             out.append("ffv_random")
-        return out
+        return out + list(self.baseline_names)
 
     def method_vectors(self, relation_index: torch.Tensor) -> tuple[list[str], torch.Tensor]:
         """``[B * methods, d]`` rows (prompt-major) for the methods of :meth:`methods`."""
         r = relation_index.to(self.vectors.device)
         table = {"none": torch.zeros_like(self.vectors[r]), "fv": self.fv[r], "ffv": self.vectors[r],
                  "ffv_random": self.random_vectors[r]}
+        table.update({n: getattr(self, f"baseline_{n}")[r] for n in self.baseline_names})
         names = self.methods()
         return names, torch.stack([table[n] for n in names], 1).flatten(0, 1)
 
@@ -428,6 +431,25 @@ class FFVModule(LightningModule):
         with torch.no_grad():
             self.random_vectors.copy_(vectors.to(self.random_vectors))
             self.has_random.fill_(True)
+
+    def set_baselines(self, vectors: Mapping[str, torch.Tensor]) -> None:
+        """Named ``[relations, d_model]`` vectors (e.g. ``task_vector``) tested beside the FFVs, one
+        column each, injected like them. Their buffers are not persistent: checkpoints keep the
+        trained vectors only and load with or without baselines."""
+        R = len(self.relations)
+        for name, v in vectors.items():
+            if name in METHODS or name == "icl" or not str(name).isidentifier():
+                raise ValueError(f"baseline name {name!r} is taken or not an identifier")
+            if tuple(v.shape) != (R, self.d_model) or not bool(torch.isfinite(v).all()):
+                raise ValueError(f"baseline {name!r} must be finite [{R}, {self.d_model}], got {tuple(v.shape)}")
+            self.register_buffer(f"baseline_{name}", v.detach().float().clone().to(self.vectors.device),
+                                 persistent=False)
+            if name not in self.baseline_names:
+                self.baseline_names.append(name)
+            for mode in self.test_modes:
+                if f"{mode}__{name}" not in self.test_metrics:
+                    self.test_metrics[f"{mode}__{name}"] = RelationScores(R).to(self.vectors.device)
+
 
     @property
     def best_val(self) -> tuple[torch.Tensor, torch.Tensor]:
