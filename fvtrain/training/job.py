@@ -336,6 +336,8 @@ def run(cfg: DictConfig, out: Path, lm: ModelLike, fv_source: Path | str | None 
 
     results = module.test_results or results_from_logged(ttrainer.callback_metrics, module, relations)
     metrics = collect_metrics(module, results, relations, test_modes, icl_reused, splits)
+    if f.get("eval_exact", False):
+        metrics["zero_shot_exact"] = zero_shot_exact(module, lm, splits, template, int(f.eval_batch_size), seed)
     val = _best_val(module, relations)
     for r in relations:
         metrics["relations"][r]["val"] = val[r]
@@ -404,6 +406,54 @@ def baseline_metrics(base) -> dict:
         "residual_norm": {r: float(base.residual_norm[i]) for i, r in enumerate(base.relations)},
         "norm": {n: {r: float(v[i].norm()) for i, r in enumerate(base.relations)} for n, v in base.vectors.items()},
     }
+
+
+def zero_shot_exact(module, lm, splits: dict, template, batch_size: int, seed: int) -> dict:
+    """Exact match of the whole answer on every relation's zero-shot test prompts, per test method.
+
+    Greedy decoding with the method's vector at the prompt's last position, compared up to the end
+    of the line with every accepted answer (:func:`fvtrain.evaluation.relation.exact_match`). It
+    sits beside ``zero_shot_acc`` (first token), which answers sharing a first token can inflate.
+    Returns ``{"methods", "relations": {r: {m: acc}}, "mean": {m: acc}, "acc_ci": {m: [lo, hi]},
+    "differences", "n", "first_token_degeneracy", "seconds"}``; means are over relations, as in
+    ``zero_shot_acc``, with stratified bootstrap intervals (:mod:`fvtrain.evaluation.stats`).
+    """
+    from fvtrain.evaluation import stats
+    from fvtrain.evaluation.relation import exact_match, first_token_degeneracy, warn_if_degenerate
+    from fvtrain.prompts import zero_shot
+
+    t0 = time.time()
+    methods = module.methods()
+    outcomes: dict[str, list[torch.Tensor]] = {m: [] for m in methods}
+    per: dict[str, dict] = {}
+    groups: list[str] = []
+    every_answer: list[list[str]] = []
+    for i, r in enumerate(module.relations):
+        test = splits[r].test
+        if not test:
+            continue
+        prompts = [zero_shot(template, p.x) for p in test]
+        answers = [list(p.answers) for p in test]
+        names, vecs = module.method_vectors(torch.tensor([i]))
+        per[r] = {}
+        for j, m in enumerate(names):
+            v = None if m == "none" else vecs[j].detach().float().cpu()
+            em = exact_match(lm, prompts, answers, v, module.layer if v is not None else None,
+                             batch_size=batch_size, template=template)
+            outcomes[m].append(em.correct)
+            per[r][m] = em.acc
+        groups += [r] * len(test)
+        every_answer += answers
+    cols = {m: torch.cat(v) if v else torch.zeros(0) for m, v in outcomes.items()}
+    pairs = [(a, "ffv") for a in methods if a != "ffv"]
+    cmp = stats.compare(cols, groups, pairs, seed=seed)
+    degeneracy = first_token_degeneracy(lm.tokenizer, every_answer, template)
+    warn_if_degenerate(degeneracy, "zero-shot relation completion", log)
+    return {"methods": methods, "relations": per,
+            "mean": {m: cmp["methods"][m]["acc"] if groups else None for m in methods},
+            "acc_ci": {m: cmp["methods"][m]["acc_ci"] for m in methods},
+            "differences": cmp["differences"], "n": len(groups), "bootstrap": cmp["bootstrap"],
+            "first_token_degeneracy": degeneracy, "seconds": time.time() - t0}
 
 
 def _best_val(module, relations) -> dict:
