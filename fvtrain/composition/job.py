@@ -239,11 +239,12 @@ def run(cfg: DictConfig, out: Path | str, lm: ModelLike, basis: Path | str | Non
             else:
                 log.warning("oracle baseline skipped: no analogy carries a relation that is in the bank")
         task = bar.add_task("evaluating methods", total=2 if "one_shot" in baselines else 1)
-        results = evaluate_methods(lm, eval_items, zs, layer, template, "zero_shot", bs)
+        exact = bool(cfg.compose.get("eval_exact", False))  # greedy exact match beside first-token
+        results = evaluate_methods(lm, eval_items, zs, layer, template, "zero_shot", bs, exact)
         bar.advance(task)
         if "one_shot" in baselines:
             results["one_shot"] = evaluate_methods(lm, eval_items, {"one_shot": None}, None, template,
-                                                   "one_shot", bs)["one_shot"]
+                                                   "one_shot", bs, exact)["one_shot"]
             bar.advance(task)
         everything = list(range(len(eval_items)))
         per_item: dict[str, Any] = {}
@@ -271,6 +272,7 @@ def run(cfg: DictConfig, out: Path | str, lm: ModelLike, basis: Path | str | Non
                       "skipped": [why for _, why in skipped]},
         "methods": methods,
         "top_basis_is_item_relation": _top_hit(eval_items, top, bank.names),
+        "first_token_degeneracy": _degeneracy(lm, eval_items, template),
     }
     if combiner_info is not None:
         metrics["combiner"] = combiner_info
@@ -299,8 +301,19 @@ def _write_predictions(out: Path, scores, weights: dict, eval_items: list, per_i
             rows[i][name] = {"open_pred": res.open_pred[j], "open_correct": bool(res.open_correct[j]),
                              "mc_pred": it.choices[k][1] if k >= 0 and it.choices else None,
                              "mc_correct": None if k < 0 else bool(res.mc_correct[j] == 1)}
+            if res.open_exact is not None:
+                rows[i][name].update(open_text=res.open_text[j], open_exact=bool(res.open_exact[j] == 1))
     lines = [json.dumps(r, ensure_ascii=False) for r in rows]
     _atomic(out / PREDICTIONS, lambda tmp: Path(tmp).write_text("\n".join(lines) + "\n"))
+
+
+def _degeneracy(lm, items, template) -> dict:
+    """How shared first tokens make open-ended first-token accuracy easy (warned about when so)."""
+    from fvtrain.evaluation.relation import first_token_degeneracy, warn_if_degenerate
+
+    report = first_token_degeneracy(lm.tokenizer, [list(it.d) for it in items], template)
+    warn_if_degenerate(report, "open-ended analogies", log)
+    return report
 
 
 def _top_hit(items, top, names) -> dict:

@@ -38,5 +38,26 @@ def analogy_table(metrics: Mapping) -> Table:
     return Table(title, list(COLUMNS), analogy_rows(metrics.get("methods") or {}))
 
 
+def exact_table(metrics: Mapping) -> Table | None:
+    """Open-ended analogies: first-token accuracy beside exact match of the whole answer (greedy
+    decoding, any accepted D), with the exact match's 95% bootstrap interval; ``None`` without it."""
+    from fvtrain.evaluation.stats import fmt
+
+    methods = metrics.get("methods") or {}
+    rows = []
+    for name, m in methods.items():
+        ex = m.get("open_exact")
+        if not ex:
+            continue
+        a = ex.get("all") or {}
+        rows.append([name, _acc(m, "open", "all"), fmt(a.get("acc"), a.get("acc_ci")),
+                     _acc(m, "open_exact", "near"), _acc(m, "open_exact", "far")])
+    if not rows:
+        return None
+    return Table("Open-ended analogies: first-token accuracy vs exact match of the whole answer "
+                 "(greedy; [95% bootstrap CI])",
+                 ["method", "first-token all", "exact all", "exact near", "exact far"], rows)
+
+
 def tables(metrics: Mapping) -> list[Table]:
-    return [analogy_table(metrics)]
+    return [t for t in (analogy_table(metrics), exact_table(metrics)) if t is not None]

@@ -1,7 +1,8 @@
 """Analogy evaluation: A:B :: C:? with or without a vector injected on the prompt of C.
 
 * **open-ended**: top-1 first-token accuracy at the last prompt token of ``prompt(C)``; any accepted
-  D counts;
+  D counts; with ``exact=True`` also exact match of the whole of D under greedy decoding
+  (:func:`fvtrain.evaluation.relation.exact_match`), which a shared first token cannot game;
 * **multiple choice**: the argmax over the candidates ``(C_k, D_k)`` of the full (all-token)
   log-probability ``log P(D_k | prompt(C_k))``; correct when it is the gold candidate.
 
@@ -101,11 +102,16 @@ class ItemResults:
     mc_correct: torch.Tensor  # [I] float: 1/0, NaN for items without choices
     mc_pred: torch.Tensor  # [I] long: index of the chosen candidate, -1 without choices
     open_pred: list[str]  # decoded top-1 first token
+    open_exact: torch.Tensor | None = None  # [I] float 0/1: greedy answer line equals an accepted D
+    open_text: list[str] | None = None  # the greedy answer line
 
     def subset(self, idx: Sequence[int]) -> "ItemResults":
         i = torch.as_tensor(list(idx), dtype=torch.long)
+        rows = i.tolist()
         return ItemResults(self.open_correct[i], self.mc_correct[i], self.mc_pred[i],
-                           [self.open_pred[j] for j in i.tolist()])
+                           [self.open_pred[j] for j in rows],
+                           None if self.open_exact is None else self.open_exact[i],
+                           None if self.open_text is None else [self.open_text[j] for j in rows])
 
 
 def _prompt(template: PromptTemplate, prompt: str, item: AnalogyItem, c: str) -> str:
@@ -195,6 +201,7 @@ def evaluate_methods(
     template: PromptTemplate | None = None,
     prompt: str = "zero_shot",
     batch_size: int = 32,
+    exact: bool = False,
 ) -> dict[str, ItemResults]:
     """Open-ended and multiple-choice outcomes of every item under several methods.
 
@@ -202,6 +209,7 @@ def evaluate_methods(
     leaves that item unedited). Multiple-choice items whose candidates all keep C (the built-in
     layout) share the prompt's prefix across methods and candidates (see :func:`_eval_shared`);
     others (e.g. SAT, where each candidate has its own C) and open-ended items use plain batches.
+    ``exact`` adds greedy exact match of D (``open_exact``, ``open_text``) for every method.
     """
     template = template or PromptTemplate()
     if prompt not in PROMPTS:
@@ -255,8 +263,16 @@ def evaluate_methods(
                     k = int(lp[owner_t == row].argmax())
                     pred[idx[row]] = k
                     mc[idx[row]] = float(k == it.answer_index)
-    return {n: ItemResults(ok, mc, pred, [tok.decode([t]) for t in top])
-            for n, (ok, mc, pred, top) in res.items()}
+    out = {n: ItemResults(ok, mc, pred, [tok.decode([t]) for t in top]) for n, (ok, mc, pred, top) in res.items()}
+    if exact and items:
+        from fvtrain.evaluation.relation import exact_match
+
+        prompts = [_prompt(template, prompt, it, it.c) for it in items]
+        for n, v in methods.items():
+            em = exact_match(lm, prompts, [list(it.d) for it in items], v, layer if v is not None else None,
+                             batch_size=batch_size, template=template)
+            out[n].open_exact, out[n].open_text = em.correct, em.texts
+    return out
 
 
 def evaluate_items(
@@ -267,9 +283,11 @@ def evaluate_items(
     layer: int | None = None,
     prompt: str = "zero_shot",
     batch_size: int = 32,
+    exact: bool = False,
 ) -> ItemResults:
     """One method: :func:`evaluate_methods` with ``vectors[i]`` injected on item i (or none)."""
-    return evaluate_methods(lm, items, {"method": vectors}, layer, template, prompt, batch_size)["method"]
+    return evaluate_methods(lm, items, {"method": vectors}, layer, template, prompt, batch_size,
+                            exact)["method"]
 
 
 def _acc(values: torch.Tensor) -> dict:
@@ -281,14 +299,28 @@ def _acc(values: torch.Tensor) -> dict:
     return {"acc": float(m.compute()), "n": int(values.numel())}
 
 
+def _acc_ci(values: torch.Tensor) -> dict:
+    """:func:`_acc` with a bootstrap interval (``acc_ci``; the micro mean, as for ``open``)."""
+    from fvtrain.evaluation import stats
+
+    out = _acc(values)
+    values = values[~torch.isnan(values)]
+    out["acc_ci"] = stats.accuracy(values)["acc_ci"] if values.numel() else None
+    return out
+
+
 def summarise(items: Sequence[AnalogyItem], res: ItemResults) -> dict:
-    """``{"open"|"mc": {"all", "near", "far": {"acc", "n"}, "by_relation": {rel: {"acc", "n"}}}}``."""
+    """``{"open"|"mc": {"all", "near", "far": {"acc", "n"}, "by_relation": {rel: {"acc", "n"}}}}``,
+    and ``open_exact`` the same (with ``acc_ci`` on all / near / far) when ``res`` has exact match."""
     out = {}
-    for mode, vals in (("open", res.open_correct.float()), ("mc", res.mc_correct.float())):
-        groups = {"all": _acc(vals)}
+    modes = [("open", res.open_correct.float(), _acc), ("mc", res.mc_correct.float(), _acc)]
+    if res.open_exact is not None:
+        modes.append(("open_exact", res.open_exact.float(), _acc_ci))
+    for mode, vals, acc in modes:
+        groups = {"all": acc(vals)}
         for dist in ("near", "far"):
             idx = [i for i, it in enumerate(items) if it.distance == dist]
-            groups[dist] = _acc(vals[idx]) if idx else {"acc": None, "n": 0}
+            groups[dist] = acc(vals[idx]) if idx else {"acc": None, "n": 0}
         rels = sorted({it.relation for it in items if it.relation})
         groups["by_relation"] = {r: _acc(vals[[i for i, it in enumerate(items) if it.relation == r]])
                                  for r in rels}

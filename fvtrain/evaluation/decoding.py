@@ -7,6 +7,14 @@ country-capital): the rank of the word's first token among all vocabulary entrie
 token), best over the spellings ``" word"``, ``"word"`` and ``" Word"``. The best rank over a
 relation's words is the headline number, FV versus FFV.
 
+A first token says little when words share it (a byte-level tokenizer splits "opposite" into
+" o", "pp", ...: a vector that pushes " o" "decodes" every o-word). So every word also gets a
+*whole-word* rank: only spellings that are one token are ranked (the rank is then that of the whole
+word), and a word with no single-token spelling is skipped and counted (``n_skipped``), never
+scored by a prefix. Whole-word ranks are summarised apart (``whole_word``), over the relations with
+at least one ranked word for every kind. (Scoring multi-token words by the product of their tokens'
+lens probabilities was left out: the lens reads one position, so later tokens have no context.)
+
 Relation words come from, in order: a user file (``{"relation": ["word", ...]}``), the built-in
 lists (``fvtrain/data/builtin/relation_words.json``), and, for relations that carry a title or a
 definition (SemEval-2012 subtypes: "CLASS-INCLUSION: Taxonomic", "Y is a kind/type/instance of
@@ -16,6 +24,7 @@ X"), the content words of those.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 from pathlib import Path
@@ -24,6 +33,9 @@ from typing import Mapping, Sequence
 import torch
 
 from fvtrain.errors import ConfigError
+from fvtrain.evaluation.relation import first_token_degeneracy, warn_if_degenerate
+
+log = logging.getLogger(__name__)
 
 STOPWORDS = frozenset("""
 a an and are as at be been being by can for from has have in into is it its may of on or that the
@@ -104,6 +116,16 @@ def word_token_ids(tokenizer, word: str) -> dict[str, int]:
     return out
 
 
+def single_token_ids(tokenizer, word: str) -> dict[str, int]:
+    """The spellings of ``word`` (as :func:`word_token_ids`) that are exactly one token, with its id."""
+    out: dict[str, int] = {}
+    for text in (" " + word, word, " " + word[:1].upper() + word[1:]):
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(ids) == 1:
+            out.setdefault(text, int(ids[0]))
+    return out
+
+
 def lens_logits(lm, vector: torch.Tensor) -> torch.Tensor:
     """``[vocab]`` logit-lens logits of a vector (:meth:`FrozenLM.lens_logits`)."""
     return lm.lens_logits(vector)
@@ -115,7 +137,9 @@ def rank_of(logits: torch.Tensor, token_id: int) -> int:
 
 
 def decode_vector(lm, vector: torch.Tensor, words: Sequence[str] = (), k: int = 10) -> dict:
-    """Top-k tokens and the rank of every relation word (its best spelling)."""
+    """Top-k tokens and the rank of every relation word (its best spelling): by its first token
+    (``rank``, ``best_rank``) and as a whole word (``whole_rank``, ``best_whole_rank``: single-token
+    spellings only; ``n_skipped`` words have none)."""
     logits = lens_logits(lm, vector)
     V = logits.numel()
     top = logits.topk(min(k, V))
@@ -126,7 +150,8 @@ def decode_vector(lm, vector: torch.Tensor, words: Sequence[str] = (), k: int = 
         "vocab_size": V,
         "words": {},
     }
-    best = None
+    best = best_whole = None
+    skipped: list[str] = []  # words with no single-token spelling: no whole-word rank
     for w in words:
         ids = word_token_ids(tok, w)
         if not ids:
@@ -138,7 +163,18 @@ def decode_vector(lm, vector: torch.Tensor, words: Sequence[str] = (), k: int = 
                            "multi_token": n_tok > 1}
         if best is None or r < best[1]:
             best = (w, r)
+        single = single_token_ids(tok, w)
+        if single:
+            wspell, wr = min(((s, rank_of(logits, i)) for s, i in single.items()), key=lambda t: t[1])
+            out["words"][w].update(whole_rank=wr, whole_spelling=wspell)
+            if best_whole is None or wr < best_whole[1]:
+                best_whole = (w, wr)
+        else:
+            out["words"][w]["whole_rank"] = None
+            skipped.append(w)
     out["best_word"], out["best_rank"] = (best if best else (None, None))
+    out["best_whole_word"], out["best_whole_rank"] = (best_whole if best_whole else (None, None))
+    out["n_skipped"], out["skipped"] = len(skipped), skipped
     return out
 
 
@@ -188,8 +224,21 @@ def decode_sets(
     common = [n for n in names if words.get(n) and all(kind in rels[n] for kind in kinds)]
     summary = {kind: summarise_ranks([rels[n][kind]["best_rank"] for n in common], V or 0)
                for kind in kinds}
+    whole = [n for n in common if all(rels[n][kind]["best_whole_rank"] is not None for kind in kinds)]
+    all_words = list(dict.fromkeys(w for n in common for w in words[n]))
+    skipped = [w for w in all_words if not single_token_ids(lm.tokenizer, w)]
+    degeneracy = first_token_degeneracy(lm.tokenizer, [[w] for w in all_words])
+    if warn_if_degenerate(degeneracy, "relation-word decoding", log, instead="the whole-word ranks"):
+        log.warning("relation-word decoding: %d of %d relation word(s) are not one token and have no "
+                    "whole-word rank", len(skipped), len(all_words))
+    whole_word = {
+        "summary": {kind: summarise_ranks([rels[n][kind]["best_whole_rank"] for n in whole], V or 0)
+                    for kind in kinds},
+        "compared_on": whole, "n_words": len(all_words), "n_skipped": len(skipped), "skipped": skipped,
+        "first_token_degeneracy": degeneracy,
+    }
     return {"k": k, "relations": rels, "summary": summary, "compared_on": common,
-            "no_words": [n for n in names if not words.get(n)]}
+            "no_words": [n for n in names if not words.get(n)], "whole_word": whole_word}
 
 
 def table_rows(decoding: Mapping, kinds: Sequence[str], n_top: int = 5) -> list[list]:

@@ -1,14 +1,20 @@
-"""Relation completion with and without a vector, and the layer sweep."""
+"""Relation completion with and without a vector: first-token accuracy, exact match of the whole
+answer under greedy decoding, the layer sweep, and a check of when first tokens say little."""
 
 from __future__ import annotations
 
-from typing import Sequence
+import logging
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator, Sequence
 
 import torch
 from torchmetrics.aggregation import MeanMetric
 
 from fvtrain.models.wrapper import FrozenLM
-from fvtrain.prompts import make_batch
+from fvtrain.prompts import PromptTemplate, encode_target, make_batch
+
+log = logging.getLogger(__name__)
 
 
 def completion(
@@ -64,3 +70,180 @@ def layer_sweep(
         prob += p.sum(0).cpu()
         n += B
     return {"acc": (correct / n).tolist(), "prob": (prob / n).tolist()}
+
+
+# -- exact match of the whole answer under greedy decoding ------------------------------------------
+#
+# First-token accuracy counts a prediction as right when its first token starts any accepted answer.
+# With a byte-level or small vocabulary many answers share that token (" s" starts "sofa", "salt",
+# "star"), so a vector that pushes one token scores well without producing a single answer. Exact
+# match generates the whole answer and compares it with the accepted ones.
+
+EXTRA_TOKENS = 2  # greedy steps allowed beyond the longest accepted answer (room for the line break)
+
+
+@dataclass
+class ExactMatch:
+    """Per-item outcomes of :func:`exact_match` (``correct`` is a ``[N]`` float tensor of 0/1)."""
+
+    correct: torch.Tensor
+    texts: list[str]  # the generated answer line of each item, stripped
+    raw: list[str]  # the whole greedy continuation (up to and with its line break)
+
+    @property
+    def acc(self) -> float:
+        return float(self.correct.mean()) if self.correct.numel() else float("nan")
+
+    @property
+    def n(self) -> int:
+        return int(self.correct.numel())
+
+    def summary(self, groups: Sequence | None = None, seed: int = 0) -> dict:
+        """``{"acc", "acc_ci", "n"}`` with a bootstrap interval (macro over ``groups`` when given)."""
+        from fvtrain.evaluation import stats
+
+        return stats.accuracy(self.correct, groups, seed=seed)
+
+
+def answer_line(text: str) -> str:
+    """The generated answer: everything before the first line break, stripped.
+
+    The text is cut before it is stripped, so a continuation that starts a new line at once has
+    answered nothing (the ``A:`` line is the answer line)."""
+    return text.split("\n", 1)[0].strip()
+
+
+def is_exact(text: str, answers: Sequence[str]) -> bool:
+    """Whether the answer line of ``text`` equals an accepted answer (both stripped)."""
+    line = answer_line(text)
+    return bool(line) and any(line == a.strip() for a in answers)
+
+
+def exact_match(
+    lm: FrozenLM,
+    prompts: Sequence[str],
+    answers: Sequence[Sequence[str]],
+    vector: torch.Tensor | None = None,
+    layer: int | None = None,
+    max_new_tokens: int | None = None,
+    batch_size: int = 32,
+    template: PromptTemplate | None = None,
+) -> ExactMatch:
+    """Exact match of the whole answer under greedy decoding: 1 when the generated line, stripped,
+    equals any accepted answer, else 0.
+
+    Each continuation stops at its first line break, at EOS or after ``max_new_tokens`` (default
+    per item: its longest accepted answer's token count + 2, so an item's text does not depend on
+    what it is batched with). ``vector`` (``[d]`` shared, or ``[N, d]`` one row per prompt) is added
+    to block ``layer``'s output at the prompt's last position only: the prompt's prefix runs once
+    into a key/value cache, its last token runs with the edit, every new token runs against the
+    cache without it.
+    """
+    template = template or PromptTemplate()
+    tok = lm.tokenizer
+    if vector is not None and vector.dim() == 2 and len(vector) != len(prompts):
+        raise ValueError(f"{len(vector)} vectors for {len(prompts)} prompts")
+    if vector is not None and layer is None:
+        raise ValueError("a vector needs a layer to be injected at")
+    alts = [[a] if isinstance(a, str) else list(a) for a in answers]
+    raw: list[str] = []
+    for i in range(0, len(prompts), batch_size):
+        chunk = alts[i : i + batch_size]
+        b = make_batch(tok, prompts[i : i + batch_size], chunk, template)
+        if max_new_tokens is not None:
+            budget = [int(max_new_tokens)] * len(b)
+        else:
+            budget = [max(len(encode_target(tok, template, a)) for a in c) + EXTRA_TOKENS for c in chunk]
+        vec = vector if vector is None or vector.dim() == 1 else vector[i : i + batch_size]
+        raw += _greedy_batch(lm, b.prompt_ids, b.prompt_mask, budget, vec, layer)
+    correct = torch.tensor([float(is_exact(t, a)) for t, a in zip(raw, alts)])
+    return ExactMatch(correct, [answer_line(t) for t in raw], raw)
+
+
+def _greedy_batch(lm: FrozenLM, ids: torch.Tensor, mask: torch.Tensor, budget: list[int],
+                  vec: torch.Tensor | None, layer: int | None) -> list[str]:
+    """Greedy continuations of left-padded prompts with per-row token budgets (see exact_match)."""
+    tok = lm.tokenizer
+    eos = tok.eos_token_id
+    new: list[list[int]] = [[] for _ in budget]
+    done = [n <= 0 for n in budget]
+    with torch.no_grad():
+        cache = lm.prefix_cache(ids, mask)
+        with lm.inject(vec, layer, positions=0) if vec is not None else _null():
+            out = lm.continue_from(cache, ids[:, -1:], mask, logits_to_keep=1)
+        for _ in range(max(budget, default=0)):
+            nxt = out.logits[:, -1].argmax(-1).cpu()
+            for r, t in enumerate(nxt.tolist()):
+                if done[r]:
+                    continue
+                if t == eos:
+                    done[r] = True
+                    continue
+                new[r].append(t)
+                if len(new[r]) >= budget[r] or "\n" in tok.decode(new[r], skip_special_tokens=True):
+                    done[r] = True
+            if all(done):
+                break
+            mask = torch.cat([mask, torch.ones(len(budget), 1, dtype=mask.dtype)], 1)
+            out = lm.continue_from(out.cache, nxt.unsqueeze(1), mask, logits_to_keep=1)
+    return [tok.decode(n, skip_special_tokens=True) for n in new]
+
+
+# -- when first-token accuracy says little ----------------------------------------------------------
+
+SHARED_FIRST_WARN = 0.2  # share of items whose first token also starts another item's answer
+
+
+def first_token_degeneracy(
+    tokenizer,
+    answers: Sequence[Sequence[str] | str],
+    template: PromptTemplate | None = None,
+) -> dict:
+    """How far first-token correctness is from answer correctness on a set of items.
+
+    ``shared_first``: the share of items one of whose accepted answers starts with a token that also
+    starts an answer of another item, other than the item's own answers (identical answers of two
+    items are not a collision). ``median_tokens``: the median token count of the items' first
+    answers. ``degenerate`` when the share exceeds 20% or the median answer has more than one token.
+    Answers that do not encode are left out.
+    """
+    template = template or PromptTemplate()
+    items: list[tuple[set[str], set[int], int]] = []  # (accepted texts, their first tokens, length)
+    starts: dict[int, set[str]] = {}  # token -> every answer text that starts with it
+    for a in answers:
+        enc: dict[str, list[int]] = {}
+        for alt in ([a] if isinstance(a, str) else list(a)):
+            try:
+                enc.setdefault(alt.strip(), encode_target(tokenizer, template, alt))
+            except ValueError:
+                continue
+        if not enc:
+            continue
+        for w, e in enc.items():
+            starts.setdefault(e[0], set()).add(w)
+        items.append((set(enc), {e[0] for e in enc.values()}, len(next(iter(enc.values())))))
+    shared = sum(any(starts.get(t, set()) - words for t in firsts) for words, firsts, _ in items)
+    n = len(items)
+    lengths = sorted(k for _, _, k in items)
+    median = float(torch.tensor(lengths, dtype=torch.float64).median()) if lengths else None
+    share = shared / n if n else None
+    return {"n": n, "shared_first": share, "median_tokens": median,
+            "degenerate": bool(n and (share > SHARED_FIRST_WARN or (median or 0) > 1))}
+
+
+def warn_if_degenerate(report: dict, what: str, logger: logging.Logger | None = None,
+                       instead: str = "the exact-match metric") -> bool:
+    """Log a warning naming the share when :func:`first_token_degeneracy` says ``degenerate``."""
+    if not report.get("degenerate"):
+        return False
+    (logger or log).warning(
+        "first-token accuracy of %s is degenerate with this tokenizer: %.0f%% of %d items share their "
+        "answer's first token with another item's answer, and the median answer has %s tokens; a "
+        "vector that pushes a common first token scores without producing answers: read %s "
+        "instead", what, 100 * report["shared_first"], report["n"], f"{report['median_tokens']:g}", instead)
+    return True
+
+
+@contextmanager
+def _null() -> Iterator[None]:
+    yield

@@ -147,10 +147,18 @@ def word_rank_table(metrics: Mapping) -> Table | None:
     if not dec:
         return None
     s = dec.get("summary") or {}
-    return Table("Relation-word ranks (relations with words)",
-                 ["kind", "relations", "median best rank", "MRR", "top-10", "top-100"],
-                 [[k.upper(), s[k].get("n"), s[k].get("median_rank"), s[k].get("mrr"), s[k].get("top10"),
-                   s[k].get("top100")] for k in kinds_of(metrics) if k in s])
+    rows = [[k.upper(), s[k].get("n"), s[k].get("median_rank"), s[k].get("mrr"), s[k].get("top10"),
+             s[k].get("top100")] for k in kinds_of(metrics) if k in s]
+    title = "Relation-word ranks (relations with words)"
+    whole = dec.get("whole_word")
+    if whole:
+        # Whole words: single-token spellings only (a shared first token cannot inflate these).
+        w = whole.get("summary") or {}
+        rows += [[f"{k.upper()} whole word", w[k].get("n"), w[k].get("median_rank"), w[k].get("mrr"),
+                  w[k].get("top10"), w[k].get("top100")] for k in kinds_of(metrics) if k in w]
+        title += (f"; whole-word rows rank single-token words only, {whole.get('n_skipped')} of "
+                  f"{whole.get('n_words')} words skipped as multi-token")
+    return Table(title, ["kind", "relations", "median best rank", "MRR", "top-10", "top-100"], rows)
 
 
 def tables(metrics: Mapping, compact: bool = True) -> list[Table]:
