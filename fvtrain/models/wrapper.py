@@ -320,19 +320,6 @@ class FrozenLM:
             raise RuntimeError(f"block {layer} of {self.model_type} did not run; its output was not recorded")
         return rec["output"].float().cpu()
 
-    def block_output(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, layer: int) -> torch.Tensor:
-        """``[B, d_model]`` block ``layer``'s output at the last column (the residual stream where
-        vectors are added), float32 on the CPU. Only blocks ``0..layer`` run."""
-        layer = self.check_layer(layer)
-        with torch.no_grad(), hooks.record_block_output(self.adapter, layer, stop=True) as rec:
-            try:
-                self.body(input_ids, attention_mask)
-            except hooks.StopForward:
-                pass
-        if rec["output"] is None:
-            raise RuntimeError(f"block {layer} of {self.model_type} did not run; its output was not recorded")
-        return rec["output"].float().cpu()
-
     # -- hooks -----------------------------------------------------------------------------
     def inject(self, vectors: torch.Tensor, layer: int, positions=None, rows=None,
                first_call_only: bool = False):
@@ -347,11 +334,6 @@ class FrozenLM:
     def patch_heads(self, layers, heads, values, rows=None, positions=None):
         """Context manager replacing head slices of the o_proj input (see hooks.patch_heads)."""
         return hooks.patch_heads(self.adapter, layers, heads, values, rows, positions)
-
-    def replace(self, vectors: torch.Tensor, layer: int, positions=None):
-        """Context manager overwriting block ``layer``'s output with ``vectors`` (see hooks.replace)."""
-        self.check_vector(vectors)
-        return hooks.replace(self.adapter, vectors, self.check_layer(layer), positions)
 
     def replace(self, vectors: torch.Tensor, layer: int, positions=None):
         """Context manager overwriting block ``layer``'s output with ``vectors`` (see hooks.replace)."""
