@@ -123,15 +123,24 @@ def _run(cfg: DictConfig, out: Path, stages: list[str]) -> dict:
 def summary(results: dict, times: dict) -> None:
     """The closing tables: relation completion by method, analogies by scheme and distance."""
     from fvtrain.composition.tables import analogy_table
+    from fvtrain.composition.tables import exact_table as analogy_exact
     from fvtrain.console import print_table
     from fvtrain.training.tables import completion_table
+    from fvtrain.training.tables import exact_table as training_exact
 
     if "train" in results and results["train"].metrics:
         completion_table(results["train"].metrics, "Relation completion, zero-shot test accuracy").print()
+        _print_if(training_exact(results["train"].metrics))
     if "compose" in results:
         analogy_table(results["compose"].metrics).print()
+        _print_if(analogy_exact(results["compose"].metrics))
     if times:
         print_table("Stage times", ["stage", "seconds"], [[k, v] for k, v in times.items()])
+
+
+def _print_if(table) -> None:
+    if table is not None:
+        table.print()
 
 
 def main() -> None:

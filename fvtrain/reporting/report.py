@@ -517,11 +517,21 @@ def job_section(job: Job, base: Path, level: int, refresh: bool, made: list[Path
         if d is not None:
             parts.append(f"{h}# {d.title}\n\n" + d.markdown())
 
+    if "train" in job.stages and m.get("zero_shot_exact"):
+        from fvtrain.training.tables import exact_table
+
+        t = exact_table(m, compact=False)
+        parts.append(f"{h}# {t.title}\n\n" + t.markdown())
+
     if "compose" in job.stages:
         from fvtrain.composition.tables import analogy_table
+        from fvtrain.composition.tables import exact_table as analogy_exact
 
         table = analogy_table(m)
         parts.append(f"{h}# Composition: {table.title}\n\n" + table.markdown())
+        exact = analogy_exact(m)
+        if exact is not None:
+            parts.append(f"{h}# Composition: {exact.title}\n\n" + exact.markdown())
         show("composition schemes", _figure(job.path, "composition_schemes.png",
                                             _composition(table, m.get("methods")), refresh, made))
 

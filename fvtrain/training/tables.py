@@ -47,9 +47,10 @@ def shuffled_table(metrics: Mapping) -> Table | None:
     return Table("Shuffled-ICL test accuracy (mean over relations)", list(sm), [[_v(sm[m]) for m in sm]])
 
 
-def exact_table(metrics: Mapping) -> Table | None:
+def exact_table(metrics: Mapping, compact: bool = True) -> Table | None:
     """Zero-shot exact match of the whole answer (greedy) per relation and method, then its mean with
-    a 95% bootstrap interval and, for comparison, the first-token mean of ``zero_shot_acc``."""
+    a 95% bootstrap interval (``compact`` on the console) and, for comparison, the first-token mean
+    of ``zero_shot_acc``."""
     from fvtrain.evaluation.stats import fmt
 
     ex = metrics.get("zero_shot_exact")
@@ -58,7 +59,8 @@ def exact_table(metrics: Mapping) -> Table | None:
     cols = list(ex["methods"])
     first = (metrics.get("zero_shot_acc") or {}).get("mean") or {}
     rows = [[r, *[_v(d.get(m)) for m in cols]] for r, d in ex["relations"].items()]
-    rows.append(["mean exact", *[fmt(ex["mean"].get(m), (ex.get("acc_ci") or {}).get(m)) for m in cols]])
+    rows.append(["mean exact", *[fmt(ex["mean"].get(m), (ex.get("acc_ci") or {}).get(m), compact=compact)
+                                 for m in cols]])
     rows.append(["mean first-token", *[_v(first.get(m)) for m in cols]])
     return Table("Zero-shot exact match of the whole answer (greedy decoding, any accepted answer; "
                  "mean [95% bootstrap CI])", ["relation", *cols], rows)
