@@ -564,3 +564,46 @@ def test_compose_job_takes_the_bank_folder_and_leaves_the_config_alone(tmp_path,
     table = analogy_table(saved)
     assert [r[0] for r in table.rows] == ["none", "softmax"] and "4 items" in table.title
     assert table.rows[1][4] == pytest.approx(saved["methods"]["softmax"]["mc"]["all"]["acc"])
+
+
+# -- ablation options: score type, the map's form ---------------------------------------------------
+
+
+def test_first_token_source_scores_are_the_first_target_token_logprob(tiny_llama):
+    from fvtrain.composition.scoring import source_scores
+
+    lm = tiny_llama
+    b = make_batch(lm.tokenizer, [zero_shot(T, "hot"), zero_shot(T, "big")], ["cold air", "small"], T)
+    bank = bank_tensor(lm, 3)
+    first = source_scores(lm, b, bank, 1, max_rows=4, tokens="first")
+    full = source_scores(lm, b, bank, 1, max_rows=4)
+    for i in range(3):
+        want = lm.score(b, vector=bank[i], layer=1).first_prob.float().log().cpu()
+        torch.testing.assert_close(first[:, i], want, atol=1e-4, rtol=1e-4)
+    assert bool((full[0] < first[0]).all())  # a multi-token target costs more than its first token
+    with pytest.raises(ValueError, match="tokens must be 'all' or 'first'"):
+        source_scores(lm, b, bank, 1, tokens="last")
+
+
+def test_combiner_forms_start_as_softmax_and_train_what_they_say(tiny_llama):
+    s = torch.randn(3, 4)
+    basis = bank_tensor(tiny_llama, 4)
+    diag = AffineCombiner(4, temperature=0.5, form="diagonal", lm=tiny_llama, basis=basis, layer=1)
+    torch.testing.assert_close(diag.weights(s), Softmax(0.5)(s))
+    assert {n for n, _ in diag.named_parameters()} == {"W_diag", "b"}
+    temp = AffineCombiner(4, temperature=0.5, learn_temperature=True, lm=tiny_llama, basis=basis, layer=1)
+    assert {n for n, _ in temp.named_parameters()} == {"W", "b", "log_tau"}
+    assert temp.temperature == pytest.approx(0.5)
+    with torch.no_grad():
+        temp.log_tau.fill_(0.0)
+    torch.testing.assert_close(temp.weights(s), Softmax(1.0)(s))
+    batch = {"scores": s[:2], "target": make_batch(tiny_llama.tokenizer, [zero_shot(T, "hot"), zero_shot(T, "up")],
+                                                    ["cold", "down"], T)}
+    plain = AffineCombiner(4, lm=tiny_llama, basis=basis, layer=1)
+    reg = AffineCombiner(4, identity_reg=2.0, lm=tiny_llama, basis=basis, layer=1)
+    with torch.no_grad():
+        plain.W.add_(0.1)
+        reg.W.add_(0.1)
+        assert float(reg._loss(batch) - plain._loss(batch)) == pytest.approx(2.0 * 16 * 0.01, rel=1e-4)
+    with pytest.raises(ValueError, match="form must be one of full, diagonal"):
+        AffineCombiner(4, form="lowrank")

@@ -20,8 +20,16 @@ from fvtrain.composition.schemes import affine_weights, compose
 from fvtrain.composition.scoring import target_logprob
 
 
+FORMS = ("full", "diagonal")
+
+
 class AffineCombiner(LightningModule):
-    """Learns W (``[N, N]``, identity at start) and b (``[N]``, zero at start)."""
+    """Learns W (``[N, N]``, identity at start) and b (``[N]``, zero at start).
+
+    The map's form is an ablation axis: ``form="diagonal"`` learns only W's diagonal (a per-basis
+    gain, N parameters instead of N^2); ``learn_temperature`` makes tau a parameter (log-scale);
+    ``identity_reg`` adds ``lambda * ||W - I||^2`` to the loss, pulling the map to plain softmax.
+    """
 
     name = "affine"
     trainable = True
@@ -31,6 +39,9 @@ class AffineCombiner(LightningModule):
         n_basis: int,
         temperature: float = 1.0,
         tokens: str = "all",
+        form: str = "full",
+        learn_temperature: bool = False,
+        identity_reg: float = 0.0,
         optimizer: Callable[..., torch.optim.Optimizer] | None = None,
         scheduler: Callable[..., Any] | None = None,
         interval: str = "epoch",
@@ -45,11 +56,23 @@ class AffineCombiner(LightningModule):
             raise ValueError(f"temperature must be > 0, got {temperature}")
         if tokens not in ("all", "first"):
             raise ValueError(f"tokens must be 'all' or 'first', got {tokens!r}")
+        if form not in FORMS:
+            raise ValueError(f"form must be one of {', '.join(FORMS)}, got {form!r}")
+        if identity_reg < 0:
+            raise ValueError(f"identity_reg must be >= 0, got {identity_reg}")
         self.save_hyperparameters(ignore=["optimizer", "scheduler", "lm", "basis", "layer"])
-        self.temperature = float(temperature)
-        self.tokens = tokens
-        self.W = nn.Parameter(torch.eye(n_basis))
+        self.tokens, self.form, self.identity_reg = tokens, form, float(identity_reg)
+        self.learn_temperature = bool(learn_temperature)
+        if self.form == "diagonal":
+            self.W_diag = nn.Parameter(torch.ones(n_basis))
+        else:
+            self.W = nn.Parameter(torch.eye(n_basis))
         self.b = nn.Parameter(torch.zeros(n_basis))
+        log_tau = torch.tensor(float(temperature)).log()
+        if self.learn_temperature:
+            self.log_tau = nn.Parameter(log_tau)
+        else:
+            self.register_buffer("log_tau", log_tau, persistent=False)  # a hyperparameter then
         # The project's optim group: ``optimizer`` and ``scheduler`` are Hydra ``_partial_`` nodes.
         self.optimizer_factory, self.scheduler_factory, self.interval = optimizer, scheduler, interval
         # Not an nn.Module: never enters the state dict, the optimiser or a checkpoint.
@@ -59,25 +82,34 @@ class AffineCombiner(LightningModule):
         if basis is not None:
             self.attach(lm, basis, layer)
 
+    def matrix(self) -> torch.Tensor:
+        """W as an ``[N, N]`` matrix (the diagonal form's is diagonal)."""
+        return torch.diag(self.W_diag) if self.form == "diagonal" else self.W
+
+    @property
+    def temperature(self) -> float:
+        return float(self.log_tau.detach().exp())
+
     # -- the scheme interface -------------------------------------------------------------
     def attach(self, lm, basis: torch.Tensor, layer: int) -> "AffineCombiner":
         """Give the module the frozen LM, the (frozen) basis ``[N, d]`` and the injection layer."""
-        if basis.dim() != 2 or basis.shape[0] != self.W.shape[0]:
-            raise ValueError(f"basis must be [{self.W.shape[0]}, d_model], got {tuple(basis.shape)}")
+        if basis.dim() != 2 or basis.shape[0] != len(self.b):
+            raise ValueError(f"basis must be [{len(self.b)}, d_model], got {tuple(basis.shape)}")
         self.lm, self.layer = lm, int(layer)
-        self.basis = basis.detach().float().clone().to(self.W.device)
+        self.basis = basis.detach().float().clone().to(self.b.device)
         return self
 
     def weights(self, scores: torch.Tensor) -> torch.Tensor:
-        return affine_weights(scores.to(self.W.device), self.W, self.b, self.temperature)
+        return affine_weights(scores.to(self.b.device), self.matrix(), self.b, self.log_tau.exp())
 
     def forward(self, scores: torch.Tensor) -> torch.Tensor:
         return self.weights(scores)
 
     def describe(self) -> dict:
-        eye = torch.eye(self.W.shape[0], device=self.W.device)
-        return {"name": self.name, "temperature": self.temperature, "tokens": self.tokens,
-                "W_minus_identity_norm": float((self.W.detach() - eye).norm()),
+        eye = torch.eye(len(self.b), device=self.b.device)
+        return {"name": self.name, "temperature": self.temperature, "tokens": self.tokens, "form": self.form,
+                "learn_temperature": self.learn_temperature, "identity_reg": self.identity_reg,
+                "W_minus_identity_norm": float((self.matrix().detach() - eye).norm()),
                 "b_norm": float(self.b.detach().norm())}
 
     # -- training ---------------------------------------------------------------------------
@@ -87,7 +119,11 @@ class AffineCombiner(LightningModule):
         w = self.weights(batch["scores"])
         cfv = compose(w, self.basis).to(self.lm.dtype)
         lp = target_logprob(self.lm, batch["target"], cfv, self.layer, self.tokens, batch.get("cache"))
-        return -lp.mean()
+        loss = -lp.mean()
+        if self.identity_reg > 0:
+            eye = torch.eye(len(self.b), device=self.b.device)
+            loss = loss + self.identity_reg * (self.matrix() - eye).pow(2).sum()
+        return loss
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss = self._loss(batch)
@@ -100,7 +136,7 @@ class AffineCombiner(LightningModule):
         return loss
 
     def configure_optimizers(self):
-        params = [self.W, self.b]
+        params = [p for p in self.parameters() if p.requires_grad]
         opt = self.optimizer_factory(params) if self.optimizer_factory else torch.optim.Adam(params, lr=0.01)
         if self.scheduler_factory is None:
             return opt

@@ -204,7 +204,8 @@ def run(cfg: DictConfig, out: Path | str, lm: ModelLike, basis: Path | str | Non
         # 1. Source scores s[item, i] = log P(B | prompt(A), basis_i): one batched forward per chunk.
         task = bar.add_task("scoring the basis on A:B", total=len(eval_items))
         scores = score_pairs(lm, [(it.a, it.b) for it in eval_items], vectors, layer, template, bs,
-                             max_rows, progress=lambda n: bar.advance(task, n))
+                             max_rows, progress=lambda n: bar.advance(task, n),
+                             tokens=str(cfg.compose.get("score_tokens", "all")))
 
         # 2. Weight schemes (the affine one is trained first).
         combiner_info = None
@@ -361,13 +362,14 @@ def _train_affine(cfg, combiner, lm, bank, train_items, source, template, seed, 
     task = bar.add_task("scoring the basis on training A:B", total=len(train_items))
     s = score_pairs(lm, [(it.a, it.b) for it in train_items], bank.vectors, bank.layer, template,
                     int(cfg.compose.batch_size), int(cfg.compose.max_rows),
-                    progress=lambda n: bar.advance(task, n))
+                    progress=lambda n: bar.advance(task, n), tokens=str(cfg.compose.get("score_tokens", "all")))
     combiner.attach(lm, bank.vectors, bank.layer)
     data = AnalogyDataModule(train_items, s, lm.tokenizer, template, int(t_cfg.batch_size),
                               float(t_cfg.val_fraction), seed, prefix_cache=lm.prefix_cache)
     log.info("training the affine combiner on %d analogies (%s)", len(train_items), source)
     info = fit_combiner(combiner, data, _trainer_factory(t_cfg, lm), out)
-    save_tensors(out / COMBINER, {"W": combiner.W.detach(), "b": combiner.b.detach()})
+    save_tensors(out / COMBINER, {"W": combiner.matrix().detach(), "b": combiner.b.detach(),
+                                   "temperature": combiner.log_tau.detach().exp().reshape(1)})
     combiner.eval()
     return {"source": source, "n_items": len(train_items), "skipped": len(skipped), **info,
             **combiner.describe()}

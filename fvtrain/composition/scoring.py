@@ -27,15 +27,23 @@ def source_scores(
     bank: torch.Tensor,
     layer: int,
     max_rows: int = 64,
+    tokens: str = "all",
 ) -> torch.Tensor:
     """``[B, N]`` target log-probabilities of every batch row with every bank vector (batched).
 
     At most ``max_rows`` (prompt, vector) rows run per forward; each prompt's prefix runs once.
+    ``tokens="first"`` scores the target's first token only (an ablation: cheaper, but blind to
+    everything after a first token that many words share).
     """
+    if tokens not in ("all", "first"):
+        raise ValueError(f"tokens must be 'all' or 'first', got {tokens!r}")
     if bank.dim() != 2 or len(bank) == 0:
         raise ValueError(f"bank must be a non-empty [N, d_model] tensor, got shape {tuple(bank.shape)}")
     lm.check_vector(bank)
     P, M = batch.prompt_len, batch.target_ids.shape[1]
+    target_mask = batch.target_mask
+    if tokens == "first":
+        M, target_mask = 1, target_mask[:, :1]
     B, N = len(batch), len(bank)
     vec_chunk = min(N, max(1, max_rows))
     per = max(1, max_rows // vec_chunk)
@@ -52,10 +60,12 @@ def source_scores(
                 n = len(vecs)
                 # Rows come out prompt-major: row j * n + i is prompt j with vector i.
                 with lm.inject(vecs.repeat(b, 1), layer, positions=0):
-                    logits = lm.continue_from(cache, ids[:, P - 1 :], mask, repeat=n,
-                                              logits_to_keep=M).logits
-                lp = token_logprobs(logits, batch.target_ids[s : s + per].repeat_interleave(n, 0),
-                                      batch.target_mask[s : s + per].repeat_interleave(n, 0))
+                    # All tokens: the last prompt token and the target (but its last token) run;
+                    # first token: the last prompt token alone.
+                    logits = lm.continue_from(cache, ids[:, P - 1 : P - 1 + M], mask[:, : P - 1 + M],
+                                              repeat=n, logits_to_keep=M).logits
+                lp = token_logprobs(logits, batch.target_ids[s : s + per, :M].repeat_interleave(n, 0),
+                                    target_mask[s : s + per].repeat_interleave(n, 0))
                 out[s : s + b, v : v + n] = lp.view(b, n).cpu()
     return out
 
@@ -76,6 +86,7 @@ def score_pairs(
     batch_size: int = 16,
     max_rows: int = 64,
     progress=None,
+    tokens: str = "all",
 ) -> torch.Tensor:
     """``[len(pairs), N]`` scores ``log P(b | zero-shot prompt of a, vector_i)`` for (a, b) pairs."""
     template = template or PromptTemplate()
@@ -90,7 +101,7 @@ def score_pairs(
         idx = order[s : s + batch_size]
         chunk = [pairs[i] for i in idx]
         b = make_batch(tok, [zero_shot(template, a) for a, _ in chunk], [bb for _, bb in chunk], template)
-        out[idx] = source_scores(lm, b, bank, layer, max_rows=max_rows)
+        out[idx] = source_scores(lm, b, bank, layer, max_rows=max_rows, tokens=tokens)
         if progress is not None:
             progress(len(chunk))
     return out

@@ -90,7 +90,6 @@ def check_ffv(cfg: DictConfig) -> None:
         raise ConfigError(f"ffv.baseline_prompts must be >= 1 (or null), got {f.baseline_prompts}")
 
 
-
 def model_d_model(cfg: DictConfig) -> int:
     from fvtrain.models.loading import load_config
 
@@ -164,7 +163,7 @@ def run(cfg: DictConfig, out: Path, lm: ModelLike, fv_source: Path | str | None 
 
     from fvtrain.data.datamodules import RelationDataModule, check_demos, needs_demos
     from fvtrain.data.select import load_relations
-    from fvtrain.data.splits import save_splits, split_hash, split_relation
+    from fvtrain.data.splits import configured_split, save_splits, split_hash
     from fvtrain.preflight import check_config, check_geometry
     from fvtrain.prompts import PromptTemplate
     from fvtrain.training.init import (
@@ -198,7 +197,8 @@ def run(cfg: DictConfig, out: Path, lm: ModelLike, fv_source: Path | str | None 
     geo = check_geometry(cfg, f.layer)
     d_model = model_d_model(cfg)
     ds = load_relations(cfg.data)
-    splits = {name: split_relation(rel, int(cfg.data.n_train), cfg.data.n_val, seed)
+    splits = {name: configured_split(rel, int(cfg.data.n_train), cfg.data.n_val, seed,
+                                     cfg.data.get("cv_folds"), cfg.data.get("cv_fold"))
               for name, rel in ds.relations.items()}
     relations = list(splits)
     hashes = {n: split_hash(s) for n, s in splits.items()}
@@ -326,6 +326,7 @@ def run(cfg: DictConfig, out: Path, lm: ModelLike, fv_source: Path | str | None 
         module.set_random_baseline(random_vectors)
     if base is not None:
         module.set_baselines({n: base.vectors[n] for n in _list(f.get("baselines")) if n in base.vectors})
+    module.outcomes_file = str(out / runs.OUTCOMES)
     t0 = time.time()
     ttrainer = build_trainer(cfg, loggers, instantiate_callbacks(cfg, has_logger=has_logger, checkpoints=False))
     ttrainer.test(module, datamodule=dm, verbose=False)
@@ -336,6 +337,12 @@ def run(cfg: DictConfig, out: Path, lm: ModelLike, fv_source: Path | str | None 
 
     results = module.test_results or results_from_logged(ttrainer.callback_metrics, module, relations)
     metrics = collect_metrics(module, results, relations, test_modes, icl_reused, splits)
+    if (out / runs.OUTCOMES).is_file() and "zero_shot" in test_modes:
+        from fvtrain.artifacts import read_json
+        from fvtrain.training.metrics import completion_intervals
+
+        metrics["zero_shot_acc"]["intervals"] = completion_intervals(
+            read_json(out / runs.OUTCOMES)["outcomes"], relations, "zero_shot", seed)
     if f.get("eval_exact", False):
         metrics["zero_shot_exact"] = zero_shot_exact(module, lm, splits, template, int(f.eval_batch_size), seed)
     val = _best_val(module, relations)

@@ -26,6 +26,7 @@ import logging
 import math
 from contextlib import nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
@@ -33,7 +34,7 @@ import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from torch import nn
 
-from fvtrain.training.metrics import RelationScores, mean_over_relations, relation_scores
+from fvtrain.training.metrics import RelationScores, item_keys, mean_over_relations, relation_scores
 from fvtrain.prompts import DEFAULT_TEMPLATE, PromptBatch, PromptTemplate, make_batch
 
 log = logging.getLogger("fvtrain.ffv")
@@ -152,6 +153,8 @@ class FFVModule(LightningModule):
         self._store: dict = {}
         # {"<mode>/<method>" or "icl": {acc, prob, count}} per relation, set by the test loop.
         self.test_results: dict[str, dict[str, torch.Tensor]] = {}
+        # Where rank 0 writes every test item's outcome per mode and method (the job sets it).
+        self.outcomes_file: str | None = None
 
     # -- the frozen LM -----------------------------------------------------------------------
     @property
@@ -397,10 +400,11 @@ class FFVModule(LightningModule):
         if not item["examples"]:
             return
         prep = self.prepare(item, store=False)
+        keys = item_keys(item["examples"])
         if prep.mode == "icl":
             logits = self.logits(prep, None, 1, impl="plain")[:, -1]  # no vector: one plain pass
             correct, prob = self.first_token_scores(logits, prep.batch)
-            self.test_metrics["icl__none"].update(prep.relation_index, correct, prob)
+            self.test_metrics["icl__none"].update(prep.relation_index, correct, prob, keys)
             return
         names, vecs = self.method_vectors(prep.relation_index)
         V = len(names)
@@ -408,7 +412,7 @@ class FFVModule(LightningModule):
         correct, prob = self.first_token_scores(logits, prep.batch, repeat=V)
         correct, prob = correct.view(-1, V), prob.view(-1, V)
         for j, name in enumerate(names):
-            self.test_metrics[f"{prep.mode}__{name}"].update(prep.relation_index, correct[:, j], prob[:, j])
+            self.test_metrics[f"{prep.mode}__{name}"].update(prep.relation_index, correct[:, j], prob[:, j], keys)
 
     def on_test_epoch_end(self) -> None:
         # Results are kept on the module (``test_results``) for the job to read, and logged.
@@ -425,6 +429,22 @@ class FFVModule(LightningModule):
                 self._log_scores(f"test/{mode}/{method}", res, count=method == "ffv")
                 self.test_results[f"{mode}/{method}"] = {k: v.detach().cpu() for k, v in res.items()}
             metric.reset()
+        if self.outcomes_file is not None and self.global_rank == 0:
+            self._write_outcomes(Path(self.outcomes_file))
+
+    def _write_outcomes(self, path: Path) -> None:
+        # A file, not only an attribute: under ddp_spawn the test loop runs in other processes, and
+        # the per-item outcomes are what paired bootstrap intervals (and later re-analysis) need.
+        from fvtrain.artifacts import write_json
+
+        data = {"relations": list(self.relations), "key": "relation_index * 1e6 + pair", "outcomes": {}}
+        for name, res in self.test_results.items():
+            keys = res.get("item_key")
+            if keys is None or not len(keys):
+                continue
+            data["outcomes"][name] = {"key": [int(k) for k in keys],
+                                      "correct": [float(c) for c in res["item_correct"]]}
+        write_json(path, data)
 
     # -- results -----------------------------------------------------------------------------
     def set_random_baseline(self, vectors: torch.Tensor) -> None:
@@ -449,7 +469,6 @@ class FFVModule(LightningModule):
             for mode in self.test_modes:
                 if f"{mode}__{name}" not in self.test_metrics:
                     self.test_metrics[f"{mode}__{name}"] = RelationScores(R).to(self.vectors.device)
-
 
     @property
     def best_val(self) -> tuple[torch.Tensor, torch.Tensor]:
