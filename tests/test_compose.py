@@ -297,9 +297,10 @@ def test_summarise_groups_by_distance_and_relation():
     res = ItemResults(torch.tensor([True, False, True]), torch.tensor([1.0, float("nan"), 0.0]),
                       torch.tensor([1, -1, 0]), ["a", "b", "c"])
     m = summarise(ITEMS, res)
-    assert m["open"]["all"] == {"acc": pytest.approx(2 / 3), "n": 3}
-    assert m["open"]["near"] == {"acc": 1.0, "n": 1} and m["open"]["far"] == {"acc": 0.5, "n": 2}
-    assert m["mc"]["all"] == {"acc": 0.5, "n": 2} and m["mc"]["far"] == {"acc": 0.0, "n": 1}
+    assert m["open"]["all"] == {"acc": pytest.approx(2 / 3), "n": 3, "acc_ci": [0.0, 1.0]}
+    assert m["open"]["near"] == {"acc": 1.0, "n": 1, "acc_ci": None}
+    assert m["open"]["far"] == {"acc": 0.5, "n": 2, "acc_ci": [0.0, 1.0]}
+    assert m["mc"]["all"] == {"acc": 0.5, "n": 2, "acc_ci": [0.0, 1.0]} and m["mc"]["far"]["acc"] == 0.0
     assert m["open"]["by_relation"]["country_capital"] == {"acc": 0.0, "n": 1}
     assert m["mc"]["by_relation"]["country_capital"] == {"acc": None, "n": 0}
 
@@ -485,6 +486,14 @@ def test_compose_job_writes_metrics_predictions_and_figure(tmp_path, tiny_llama)
             assert r[mode]["all"]["acc"] is not None and 0 <= r[mode]["all"]["acc"] <= 1
             assert r[mode]["near"]["n"] + r[mode]["far"]["n"] == r[mode]["all"]["n"]
     assert m["methods"]["none"]["open"]["all"]["n"] == 16
+    # Intervals on every group; paired differences on the items both methods saw.
+    for name, r in m["methods"].items():
+        lo, hi = r["mc"]["all"]["acc_ci"]
+        assert lo - 1e-9 <= r["mc"]["all"]["acc"] <= hi + 1e-9
+    d = m["differences"]["affine - softmax"]["mc"]["all"]
+    assert d["diff"] == pytest.approx(m["methods"]["affine"]["mc"]["all"]["acc"] - m["methods"]["softmax"]["mc"]["all"]["acc"])
+    assert d["n"] == 16 and d["ci"][0] <= d["diff"] <= d["ci"][1]
+    assert m["differences"]["oracle - affine"]["open"]["all"]["n"] == m["methods"]["oracle"]["open"]["all"]["n"]
     assert m["combiner"]["n_items"] == 12 and m["combiner"]["source"].startswith("train pairs of 3")
     saved = json.loads((run / "metrics.json").read_text())
     assert saved["methods"]["affine"] == m["methods"]["affine"]
@@ -607,3 +616,23 @@ def test_combiner_forms_start_as_softmax_and_train_what_they_say(tiny_llama):
         assert float(reg._loss(batch) - plain._loss(batch)) == pytest.approx(2.0 * 16 * 0.01, rel=1e-4)
     with pytest.raises(ValueError, match="form must be one of full, diagonal"):
         AffineCombiner(4, form="lowrank")
+
+
+def test_compose_job_evaluates_several_sets_with_seeded_distractors(tmp_path, tiny_llama):
+    make_bank(tmp_path / "ext" / "vectors", tiny_llama)
+    g = tmp_path / "google.txt"
+    g.write_text(": capital-common-countries\nAthens Greece Baghdad Iraq\nBerlin Germany Cairo Egypt\n"
+                 "Kabul Afghanistan Oslo Norway\nParis France Rome Italy\nLima Peru Tokyo Japan\n")
+    sets = ("analogies.sets=[{name: builtin, path: builtin, max_items: 6},"
+            f"{{name: google, path: '{g}', mc_distractors: 3, same_as: {{capital-common-countries: country_capital}}}}]")
+    m = run_compose(tmp_path, f"basis.path={tmp_path / 'ext'}", sets, "composition=softmax", "compose.baselines=[none,oracle]")
+    assert [s["name"] for s in m["analogies"]["sets"]] == ["builtin", "google"]
+    assert m["analogies"]["n"] == 11 and m["analogies"]["sets"][1]["n_multiple_choice"] == 5
+    for name, r in m["methods"].items():
+        if name == "oracle":
+            continue
+        assert r["mc"]["set:builtin"]["n"] + r["mc"]["set:google"]["n"] == r["mc"]["all"]["n"]
+    assert m["methods"]["oracle"]["mc"]["set:google"]["n"] == 5  # country_capital is in the bank
+    from fvtrain.composition.tables import sets_table
+
+    assert sets_table(m).columns == ["method", "builtin open", "builtin MC", "google open", "google MC"]

@@ -51,9 +51,23 @@ class ComposeResult(runs.StageResult):
 
 
 def load_analogies(a_cfg: DictConfig, seed: int):
-    """Read ``analogies.path`` and apply the relation / distance / max_items filters."""
+    """Read ``analogies.path`` and apply the relation / distance / max_items filters; or, with
+    ``analogies.sets``, every set (:mod:`fvtrain.data.analogy_sets`), each tagged with its name."""
     from fvtrain.data.readers import read
 
+    if a_cfg.get("sets"):
+        from omegaconf import OmegaConf
+
+        from fvtrain.data.analogy_sets import read_sets
+        from fvtrain.data.types import DataSet
+
+        try:
+            items, info = read_sets(OmegaConf.to_container(a_cfg.sets, resolve=True), seed)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+        ds = DataSet("sets", analogies=items, path=";".join(i["path"] for i in info))
+        ds.sets = info  # type: ignore[attr-defined]  # the summary metrics.json reports
+        return items, ds
     ds = read(a_cfg.path, a_cfg.format, name_list(a_cfg.relations))
     items = list(ds.analogies)
     if not items:
@@ -165,7 +179,7 @@ def run(cfg: DictConfig, out: Path | str, lm: ModelLike, basis: Path | str | Non
     from fvtrain.composition import compose as combine
     from fvtrain.composition import load_bank, make_scheme, score_pairs
     from fvtrain.console import progress
-    from fvtrain.evaluation.analogy import check_encodable, evaluate_methods, summarise
+    from fvtrain.evaluation.analogy import check_encodable, evaluate_methods, paired_differences, summarise
     from fvtrain.preflight import check_config as check_settings
     from fvtrain.preflight import check_geometry
     from fvtrain.prompts import PromptTemplate
@@ -254,6 +268,9 @@ def run(cfg: DictConfig, out: Path | str, lm: ModelLike, basis: Path | str | Non
                 idx = oracle_idx if n == "oracle" else everything
                 per_item[n] = (idx, results[n] if n != "oracle" else results[n].subset(idx))
         methods = {n: summarise([eval_items[i] for i in idx], r) for n, (idx, r) in per_item.items()}
+        # What the main scheme adds over each alternative, paired on the same items.
+        versus = [(n, main_name) for n in ("none", "one_shot", *order) if n != main_name] + [(main_name, "oracle")]
+        differences = paired_differences(eval_items, per_item, versus, seed)
         oracle_info = None
         if cfg.compose.oracle_search:
             oracle_info = _oracle_search(lm, eval_items, vectors, bank.names, layer, template, bs, methods)
@@ -270,8 +287,10 @@ def run(cfg: DictConfig, out: Path | str, lm: ModelLike, basis: Path | str | Non
                       "n_multiple_choice": sum(it.is_multiple_choice for it in eval_items),
                       "n_near": sum(it.distance == "near" for it in eval_items),
                       "n_far": sum(it.distance == "far" for it in eval_items),
-                      "skipped": [why for _, why in skipped]},
+                      "skipped": [why for _, why in skipped],
+                      **({"sets": ds.sets} if hasattr(ds, "sets") else {})},
         "methods": methods,
+        "differences": differences,
         "top_basis_is_item_relation": _top_hit(eval_items, top, bank.names),
         "first_token_degeneracy": _degeneracy(lm, eval_items, template),
     }

@@ -9,18 +9,51 @@ from fvtrain.reporting.tables import Table
 COLUMNS = ["method", "open all", "open near", "open far", "MC all", "MC near", "MC far"]
 
 
-def _acc(m: Mapping, mode: str, group: str) -> Any:
-    v = ((m.get(mode) or {}).get(group) or {}).get("acc")
-    return "-" if v is None else float(v)
+def _acc(m: Mapping, mode: str, group: str, ci: bool = False, compact: bool = True) -> Any:
+    from fvtrain.evaluation.stats import fmt
+
+    g = (m.get(mode) or {}).get(group) or {}
+    v = g.get("acc")
+    if v is None:
+        return "-"
+    return fmt(float(v), g.get("acc_ci"), compact=compact) if ci and g.get("acc_ci") else float(v)
 
 
-def analogy_rows(methods: Mapping) -> list[list]:
-    """One row per method: open-ended and multiple-choice accuracy, all / near / far."""
-    return [[name, *[_acc(m, mode, g) for mode in ("open", "mc") for g in ("all", "near", "far")]]
+def analogy_rows(methods: Mapping, ci: str = "all") -> list[list]:
+    """One row per method: open-ended and multiple-choice accuracy, all / near / far; intervals on
+    ``ci="all"`` columns (the console), on every column (``"every"``, report.md) or none."""
+    return [[name, *[_acc(m, mode, g, ci == "every" or (ci == "all" and g == "all"), ci != "every")
+                     for mode in ("open", "mc") for g in ("all", "near", "far")]]
             for name, m in methods.items()]
 
 
-def analogy_table(metrics: Mapping) -> Table:
+def differences_table(metrics: Mapping, compact: bool = True) -> Table | None:
+    """Paired differences between the main scheme and each alternative (``*``: CI excludes 0)."""
+    from fvtrain.evaluation.stats import fmt_diff
+
+    diffs = metrics.get("differences") or {}
+    if not diffs:
+        return None
+    groups = [g for g in ("all", "near", "far") if any(g in (d.get("open") or {}) for d in diffs.values())]
+    cols = [f"{mode} {g}" for mode in ("open", "mc") for g in groups]
+    rows = [[k, *[fmt_diff((d.get(mode) or {}).get(g), 2 if compact else 3) for mode in ("open", "mc") for g in groups]]
+            for k, d in diffs.items()]
+    return Table("Analogy accuracy differences, paired on the same items (95% bootstrap CI)", ["comparison", *cols],
+                 rows)
+
+
+def sets_table(metrics: Mapping) -> Table | None:
+    """Accuracy per analogy test set (``analogies.sets``): open-ended and multiple choice."""
+    sets = [s["name"] for s in (metrics.get("analogies") or {}).get("sets") or []]
+    if not sets:
+        return None
+    methods = metrics.get("methods") or {}
+    cols = [f"{s} {mode}" for s in sets for mode in ("open", "MC")]
+    rows = [[n, *[_acc(m, mode, f"set:{s}", True) for s in sets for mode in ("open", "mc")]] for n, m in methods.items()]
+    return Table("Analogies per test set: accuracy [95% bootstrap CI]", ["method", *cols], rows)
+
+
+def analogy_table(metrics: Mapping, ci: str = "all") -> Table:
     """Analogy accuracy of every scheme and baseline (``metrics["methods"]``)."""
     n = (metrics.get("analogies") or {}).get("n")
     bank = metrics.get("bank") or {}
@@ -35,7 +68,7 @@ def analogy_table(metrics: Mapping) -> Table:
     if scheme:
         what.append(f"scheme {scheme}")
     title = "Analogies" + (f" ({', '.join(what)})" if what else "") + ": accuracy"
-    return Table(title, list(COLUMNS), analogy_rows(metrics.get("methods") or {}))
+    return Table(title, list(COLUMNS), analogy_rows(metrics.get("methods") or {}, ci))
 
 
 def exact_table(metrics: Mapping) -> Table | None:
@@ -60,4 +93,5 @@ def exact_table(metrics: Mapping) -> Table | None:
 
 
 def tables(metrics: Mapping) -> list[Table]:
-    return [t for t in (analogy_table(metrics), exact_table(metrics)) if t is not None]
+    return [t for t in (analogy_table(metrics), sets_table(metrics), differences_table(metrics), exact_table(metrics))
+            if t is not None]

@@ -309,20 +309,71 @@ def _acc_ci(values: torch.Tensor) -> dict:
     return out
 
 
-def summarise(items: Sequence[AnalogyItem], res: ItemResults) -> dict:
-    """``{"open"|"mc": {"all", "near", "far": {"acc", "n"}, "by_relation": {rel: {"acc", "n"}}}}``,
-    and ``open_exact`` the same (with ``acc_ci`` on all / near / far) when ``res`` has exact match."""
-    out = {}
-    modes = [("open", res.open_correct.float(), _acc), ("mc", res.mc_correct.float(), _acc)]
+MODES = ("open", "mc", "open_exact")
+
+
+def _mode_values(res: ItemResults) -> dict[str, torch.Tensor]:
+    out = {"open": res.open_correct.float(), "mc": res.mc_correct.float()}
     if res.open_exact is not None:
-        modes.append(("open_exact", res.open_exact.float(), _acc_ci))
-    for mode, vals, acc in modes:
-        groups = {"all": acc(vals)}
-        for dist in ("near", "far"):
-            idx = [i for i, it in enumerate(items) if it.distance == dist]
-            groups[dist] = acc(vals[idx]) if idx else {"acc": None, "n": 0}
+        out["open_exact"] = res.open_exact.float()
+    return out
+
+
+def _groups(items: Sequence[AnalogyItem]) -> dict[str, list[int]]:
+    """Item indices of ``all``, ``near``, ``far`` and, where items carry a set, ``set:<name>``."""
+    g = {"all": list(range(len(items)))}
+    for dist in ("near", "far"):
+        g[dist] = [i for i, it in enumerate(items) if it.distance == dist]
+    for name in dict.fromkeys(it.meta.get("set") for it in items if it.meta.get("set")):
+        g[f"set:{name}"] = [i for i, it in enumerate(items) if it.meta.get("set") == name]
+    return g
+
+
+def summarise(items: Sequence[AnalogyItem], res: ItemResults) -> dict:
+    """``{"open"|"mc"|"open_exact": {"all", "near", "far", "set:<name>": {"acc", "acc_ci", "n"},
+    "by_relation": {rel: {"acc", "n"}}}}`` (``open_exact`` when ``res`` has exact match). Every
+    group's accuracy carries its 95% bootstrap interval (micro mean over the group's items)."""
+    out = {}
+    groups = _groups(items)
+    for mode, vals in _mode_values(res).items():
+        g = {k: (_acc_ci(vals[idx]) if idx else {"acc": None, "n": 0}) for k, idx in groups.items()}
         rels = sorted({it.relation for it in items if it.relation})
-        groups["by_relation"] = {r: _acc(vals[[i for i, it in enumerate(items) if it.relation == r]])
-                                 for r in rels}
-        out[mode] = groups
+        g["by_relation"] = {r: _acc(vals[[i for i, it in enumerate(items) if it.relation == r]])
+                            for r in rels}
+        out[mode] = g
+    return out
+
+
+def paired_differences(items: Sequence[AnalogyItem], per_item: dict[str, tuple[Sequence[int], ItemResults]],
+                       pairs: Sequence[tuple[str, str]], seed: int = 0) -> dict:
+    """``{"b - a": {mode: {group: {"diff", "ci", "excludes_zero", "n"}}}}``: methods compared on the
+    items both were evaluated on (the oracle only has items whose relation is in the bank), with a
+    paired bootstrap (:func:`fvtrain.evaluation.stats.compare`)."""
+    from fvtrain.evaluation import stats
+
+    out: dict = {}
+    for a, b in pairs:
+        if a not in per_item or b not in per_item or a == b:
+            continue
+        (ia, ra), (ib, rb) = per_item[a], per_item[b]
+        common = sorted(set(ia) & set(ib))
+        if not common:
+            continue
+        pa, pb = {j: k for k, j in enumerate(ia)}, {j: k for k, j in enumerate(ib)}
+        va, vb = _mode_values(ra), _mode_values(rb)
+        sub = [items[i] for i in common]
+        entry: dict = {}
+        for mode in MODES:
+            if mode not in va or mode not in vb:
+                continue
+            xa = va[mode][[pa[i] for i in common]]
+            xb = vb[mode][[pb[i] for i in common]]
+            entry[mode] = {}
+            for g, idx in _groups(sub).items():
+                keep = [k for k in idx if not (torch.isnan(xa[k]) or torch.isnan(xb[k]))]
+                if len(keep) < 2:
+                    continue
+                d = stats.compare({a: xa[keep], b: xb[keep]}, pairs=[(a, b)], seed=seed)["differences"][f"{b} - {a}"]
+                entry[mode][g] = {**d, "n": len(keep)}
+        out[f"{b} - {a}"] = entry
     return out

@@ -524,16 +524,17 @@ def job_section(job: Job, base: Path, level: int, refresh: bool, made: list[Path
         parts.append(f"{h}# {t.title}\n\n" + t.markdown())
 
     if "compose" in job.stages:
-        from fvtrain.composition.tables import analogy_table
+        from fvtrain.composition.tables import analogy_table, differences_table, sets_table
         from fvtrain.composition.tables import exact_table as analogy_exact
 
-        table = analogy_table(m)
+        table = analogy_table(m, ci="every")
         parts.append(f"{h}# Composition: {table.title}\n\n" + table.markdown())
-        exact = analogy_exact(m)
-        if exact is not None:
-            parts.append(f"{h}# Composition: {exact.title}\n\n" + exact.markdown())
+        for extra in (sets_table(m), differences_table(m, compact=False), analogy_exact(m)):
+            if extra is not None:
+                parts.append(f"{h}# Composition: {extra.title}\n\n" + extra.markdown())
         show("composition schemes", _figure(job.path, "composition_schemes.png",
-                                            _composition(table, m.get("methods")), refresh, made))
+                                            _composition(analogy_table(m, ci="none"), m.get("methods")),
+                                            refresh, made))
 
     if "eval" in job.stages:
         parts.append(_eval_section(job, base, h, refresh, made, figs))
