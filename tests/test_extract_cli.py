@@ -63,6 +63,28 @@ def test_same_seed_same_vectors_other_seed_differs(tiny_run, tmp_path):
     assert not torch.equal(vb, v0)
 
 
+def test_universal_heads_are_the_top_mean_aie_of_the_head_relations(tiny_run, tmp_path):
+    from fvtrain.extraction.fv import function_vector
+    from fvtrain.models import load_model
+
+    out = tmp_path / "u"
+    _extract_in_process(out, "extract.heads=universal", "extract.head_relations=[antonym]")
+    m = json.loads((out / "metrics.json").read_text())
+    # One relation's AIE picks the heads: the same AIE as a per-relation run, so the same top 3.
+    _, per = load_vector(tiny_run / "vectors" / "antonym")
+    want = [[h["layer"], h["head"]] for h in per["heads"]]
+    assert [h[:2] for h in m["universal_heads"]["heads"]] == want and m["universal_heads"]["relations"] == ["antonym"]
+    assert torch.equal(load_tensors(out / "aie" / "antonym.safetensors")["aie"],
+                       load_tensors(tiny_run / "aie" / "antonym.safetensors")["aie"])
+    t = load_tensors(out / "aie" / "country_capital.safetensors")
+    assert "aie" not in t  # no AIE of its own
+    vec, man = load_vector(out / "vectors" / "country_capital")
+    assert [[h["layer"], h["head"]] for h in man["heads"]] == want
+    lm = load_model("tiny-llama")
+    expect = function_vector(lm, t["mean"], [tuple(h) for h in m["universal_heads"]["heads"]])
+    torch.testing.assert_close(vec, expect)
+
+
 @pytest.mark.parametrize("override,message", [
     ("extract.k=100", "k=100 heads requested, but tiny-llama has 16 heads (4 layers x 4)"),
     ("extract.layer=9", "layer 9 is out of range for tiny-llama with 4 layers (valid: 0..3)"),

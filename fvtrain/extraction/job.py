@@ -7,6 +7,7 @@ by training runs that extract their own FVs.
 from __future__ import annotations
 
 import logging
+import math
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,7 @@ from omegaconf import DictConfig
 from fvtrain import __version__
 from fvtrain import runs
 from fvtrain.artifacts import file_stem, save_tensors, save_vector
+from fvtrain.data.select import name_list
 from fvtrain.data.splits import Split, split_hash
 from fvtrain.evaluation.relation import completion, layer_sweep
 from fvtrain.extraction.activations import mean_head_activations
@@ -67,7 +69,9 @@ def check_options(cfg: DictConfig) -> None:
     from fvtrain.errors import ConfigError
 
     for key, value, allowed in (("prompt.bos", cfg.prompt.get("bos", "auto"), BOS_POLICIES),
-                                ("extract.fv_bias", cfg.extract.get("fv_bias", "none"), FV_BIAS)):
+                                ("extract.fv_bias", cfg.extract.get("fv_bias", "none"), FV_BIAS),
+                                ("extract.heads", cfg.extract.get("heads", "per_relation"),
+                                 ("per_relation", "universal"))):
         if value not in allowed:
             raise ConfigError(f"{key}={value!r}: it must be one of {', '.join(allowed)}")
 
@@ -80,8 +84,11 @@ def extract_relation(
     seed: int,
     layer: int,
     progress=None,
+    heads: list[tuple[int, int, float]] | None = None,
 ) -> Extracted:
-    """Mean activations, AIE, top-k heads and FV of one relation (train split only)."""
+    """Mean activations, AIE, top-k heads and FV of one relation (train split only). With
+    ``heads`` (the universal set, :func:`universal_heads`) the AIE is skipped and the FV is built
+    from this relation's mean activations at those heads."""
     rng = random.Random(f"{seed}-{split.relation}")
     train = list(split.train)
     n_shots = int(cfg.n_shots)
@@ -97,6 +104,9 @@ def extract_relation(
     queries = [rng.choice(train) for _ in range(int(cfg.n_prompts))]
     clean = [icl(template, sample_demos(train, q.x, n_shots, rng), q.x) for q in queries]
     mean = mean_head_activations(lm, clean, batch_size=int(cfg.batch_size), progress=advance)
+    if heads is not None:
+        fv = function_vector(lm, mean, heads, bias=str(cfg.get("fv_bias", "none")))
+        return Extracted(split.relation, fv, list(heads), torch.full(mean.shape[:2], math.nan), mean, layer)
 
     # 2. Shuffled-ICL prompts for the AIE; optionally only queries the model solves with clean ICL.
     n_corrupt = int(cfg.n_corrupt)
@@ -143,6 +153,11 @@ def extract_relation(
     if progress:
         progress.update(task, description=f"{split.relation}: done")
     return Extracted(split.relation, fv, heads, aie, mean, layer, n_corrupt_used=len(kept))
+
+
+def universal_heads(aies: dict[str, torch.Tensor], k: int) -> list[tuple[int, int, float]]:
+    """Todd et al.'s universal head set: the top ``k`` heads by AIE averaged over relations."""
+    return top_heads(torch.stack(list(aies.values())).mean(0), k)
 
 
 def evaluate_relation(
@@ -208,7 +223,9 @@ def manifest(lm: FrozenLM, ex: Extracted, split: Split, template: PromptTemplate
 def save_extracted(out: Path, lm: FrozenLM, ex: Extracted, split: Split, template: PromptTemplate,
                    cfg: DictConfig, seed: int) -> None:
     save_vector(out / runs.VECTORS, ex.relation, ex.vector, manifest(lm, ex, split, template, cfg, seed))
-    save_tensors(out / runs.AIE / f"{file_stem(ex.relation)}.safetensors", {"aie": ex.aie, "mean": ex.mean})
+    # Relations whose FV uses the universal heads have no AIE of their own: only their means.
+    tensors = {"mean": ex.mean} if bool(torch.isnan(ex.aie).all()) else {"aie": ex.aie, "mean": ex.mean}
+    save_tensors(out / runs.AIE / f"{file_stem(ex.relation)}.safetensors", tensors)
 
 
 def summarise(per_relation: dict[str, dict]) -> dict:
@@ -273,22 +290,44 @@ def run(cfg: DictConfig, out: Path, lm: ModelLike) -> ExtractResult:
     lm = obtain(lm)
     set_bos_policy(lm.tokenizer, str(cfg.prompt.get("bos", "auto")))
     per_relation, aies, tops, sweeps, baselines = {}, {}, {}, {}, {}
+    universal, head_rels, first = None, [], {}
     with progress() as bar:
+        if ex_cfg.get("heads", "per_relation") == "universal":
+            # AIE on the head relations only; every relation's FV then uses their top-k heads.
+            head_rels = [r for r in (name_list(ex_cfg.get("head_relations")) or list(splits)) if r in splits]
+            task = bar.add_task("AIE of the head relations", total=len(head_rels))
+            for name in head_rels:
+                first[name] = extract_relation(lm, splits[name], ex_cfg, template, seed, layer, progress=bar)
+                aies[name] = first[name].aie
+                bar.advance(task)
+            universal = universal_heads(aies, int(ex_cfg.k))
+            tops = {n: universal for n in aies}
+            log.info("universal heads (top %d by mean AIE over %d relations): %s", int(ex_cfg.k),
+                     len(head_rels), [(l, h) for l, h, _ in universal])
         rel_task = bar.add_task("relations", total=len(splits))
         for name, split in splits.items():
-            ex = extract_relation(lm, split, ex_cfg, template, seed, layer, progress=bar)
+            if name in first:  # its means are the same seeded prompts' as in the AIE pass
+                ex = first.pop(name)
+                ex.heads = list(universal)
+                ex.vector = function_vector(lm, ex.mean, ex.heads, bias=str(ex_cfg.get("fv_bias", "none")))
+            else:
+                ex = extract_relation(lm, split, ex_cfg, template, seed, layer, progress=bar, heads=universal)
             ex.metrics = evaluate_relation(lm, split, ex.vector, layer, template,
                                            int(ex_cfg.n_shots), seed, sweep=bool(ex_cfg.layer_sweep))
             ex.metrics["heads"] = [[l, h, a] for l, h, a in ex.heads]
             ex.metrics["layer"] = layer
             save_extracted(out, lm, ex, split, template, ex_cfg, seed)
             per_relation[name] = ex.metrics
-            aies[name], tops[name] = ex.aie, ex.heads
+            if universal is None:
+                aies[name], tops[name] = ex.aie, ex.heads
             if "layer_sweep" in ex.metrics:
                 sweeps[name] = ex.metrics["layer_sweep"]["acc"]
                 baselines[name] = ex.metrics["zero_shot"]["none"]["acc"]
             bar.advance(rel_task)
-    metrics = write_metrics(out, per_relation, {"model": lm.describe(), "layer": layer})
+    extra = {"model": lm.describe(), "layer": layer}
+    if universal is not None:
+        extra["universal_heads"] = {"heads": [[l, h, a] for l, h, a in universal], "relations": head_rels}
+    metrics = write_metrics(out, per_relation, extra)
     figures = out / runs.FIGURES
     aie_heatmaps(aies, figures / "aie_heatmap.png", tops)
     if sweeps:

@@ -389,7 +389,9 @@ def _aie_heatmap(job: Job):
         if not files:
             return None
         vec_dir = folder.parent / "vectors"
-        aies = {name_of(f.stem): load_tensors(f)["aie"] for f in files}
+        aies = {name_of(f.stem): t["aie"] for f in files if "aie" in (t := load_tensors(f))}
+        if not aies:
+            return None
         rels = _per_relation(job.metrics) or {}
         tops = {}
         for n in aies:
