@@ -100,3 +100,14 @@ def test_the_paper_bank_from_the_real_data_sets_has_over_110_relations():
     names = [s["name"] for s in ds.relations["plural"].source["sources"]]
     assert names == ["plural", "gram8-plural", "singular-plural"]  # one plural relation, three sources
     assert not any(n.startswith("todd_") and n[5:].replace("-", "_") in ds.relations for n in ds.relations)
+
+
+def test_the_cap_keeps_the_first_sources_pairs_and_tops_them_up(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    _todd(a, "antonym", [("hot", "cold"), ("up", "down"), ("big", "small")])
+    _todd(b, "antonym", [(f"w{i}", f"v{i}") for i in range(50)])
+    ds = read_sources([{"path": str(a), "format": "todd"}, {"path": str(b), "format": "todd"}], max_pairs=5)
+    xs = [p.x for p in ds.relations["antonym"].pairs]
+    assert xs[:3] == ["hot", "up", "big"] and len(xs) == 5 and all(x.startswith("w") for x in xs[3:])
+    ds = read_sources([{"path": str(b), "format": "todd"}, {"path": str(a), "format": "todd"}], max_pairs=5)
+    assert all(p.x.startswith("w") for p in ds.relations["antonym"].pairs)  # 50 of its own: a sample

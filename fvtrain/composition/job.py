@@ -61,8 +61,13 @@ def load_analogies(a_cfg: DictConfig, seed: int):
         from fvtrain.data.analogy_sets import read_sets
         from fvtrain.data.types import DataSet
 
+        specs = OmegaConf.to_container(a_cfg.sets, resolve=True)
+        if a_cfg.path and str(a_cfg.path) != "builtin":  # analogies.path=<file>: one more set
+            p = Path(str(a_cfg.path))
+            specs.append({"name": p.parent.name if p.suffix else p.name, "path": str(p),
+                          "format": a_cfg.format, "relations": name_list(a_cfg.relations)})
         try:
-            items, info = read_sets(OmegaConf.to_container(a_cfg.sets, resolve=True), seed)
+            items, info = read_sets(specs, seed)
         except ValueError as err:
             raise ConfigError(str(err)) from None
         ds = DataSet("sets", analogies=items, path=";".join(i["path"] for i in info))

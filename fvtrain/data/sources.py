@@ -12,8 +12,9 @@ Todd et al.'s task files, ...). Relations are then deduplicated in source order:
 
 Sources can leave out tasks that are not word relations: ``exclude`` names them, and
 ``max_input_words`` drops relations whose median input is longer (sentence classification such as
-Todd's ``ag_news`` or ``sentiment``). ``max_pairs`` keeps a seeded sample of each relation's pairs
-so that relations of thousands of pairs do not dominate test time. Every decision is recorded:
+Todd's ``ag_news`` or ``sentiment``). ``max_pairs`` caps each relation's pairs so that relations of
+thousands of pairs do not dominate test time: the first source's pairs are kept (sampled only if
+they alone exceed the cap) and a seeded sample of the merged ones tops them up. Every decision is recorded:
 each relation's ``source["sources"]`` names where its pairs came from, and
 ``DataSet.skipped`` says what was dropped and why.
 """
@@ -122,9 +123,23 @@ def read_sources(sources: Sequence[Any], max_pairs: int | None = None, seed: int
             kept[name] = Relation(name, rel.pairs, {**rel.source, "sources": [origin]})
             by_norm.setdefault(normalise(rel.name), name)
             by_norm.setdefault(normalise(name), name)
-    out.relations = {n: sample_pairs(r, max_pairs, seed) for n, r in kept.items()}
+    out.relations = {n: _cap(r, max_pairs, seed) for n, r in kept.items()}
     out.path = ";".join(s.path for s in specs)
     return out
+
+
+def _cap(rel: Relation, max_pairs: int | None, seed: int) -> Relation:
+    """At most ``max_pairs`` pairs: the first source's pairs come first (a sample of them if they
+    alone exceed the cap), later sources only top the relation up, so merging never dilutes a
+    relation as its first source defines it."""
+    own = rel.source.get("sources", [{}])[0].get("pairs")
+    if not max_pairs or len(rel.pairs) <= max_pairs or own is None:
+        return sample_pairs(rel, max_pairs, seed)
+    first, extra = rel.pairs[:own], rel.pairs[own:]
+    if len(first) >= max_pairs:
+        return sample_pairs(Relation(rel.name, first, rel.source), max_pairs, seed)
+    topped = sample_pairs(Relation(rel.name, extra, rel.source), max_pairs - len(first), seed)
+    return Relation(rel.name, first + topped.pairs, {**rel.source, "pairs_before_sample": len(rel.pairs)})
 
 
 def _merge(first: Relation, other: Relation, origin: Mapping) -> Relation:
