@@ -636,3 +636,29 @@ def test_compose_job_evaluates_several_sets_with_seeded_distractors(tmp_path, ti
     from fvtrain.composition.tables import sets_table
 
     assert sets_table(m).columns == ["method", "builtin open", "builtin MC", "google open", "google MC"]
+
+
+def test_ablations_train_each_variant_and_pair_it_with_the_reference(tmp_path, tiny_llama):
+    from fvtrain.composition.ablation import nested_subset
+
+    make_bank(tmp_path / "ext" / "vectors", tiny_llama)
+    abl = ("compose.ablations=[{name: two_basis, basis: [antonym, plural]}, {name: fewer, analogies_per_relation: 2},"
+           "{name: diag, form: diagonal}, {name: first, score_tokens: first}]")
+    m = run_compose(tmp_path, f"basis.path={tmp_path / 'ext'}", "analogies.max_items=12",
+                    "analogies.relations=[antonym,country_capital,plural]", "composition.train.analogies_per_relation=4",
+                    "composition.train.trainer.max_epochs=1", "compose.eval_exact=false", abl)
+    a = m["ablations"]
+    assert list(a["variants"]) == ["reference", "two_basis", "fewer", "diag", "first"]
+    assert a["variants"]["two_basis"]["n_basis"] == 2 and a["variants"]["reference"]["n_basis"] == 3
+    assert a["variants"]["fewer"]["n_train_analogies"] == 6 and a["variants"]["reference"]["n_train_analogies"] == 12
+    assert a["variants"]["diag"]["form"] == "diagonal" and a["variants"]["first"]["score_tokens"] == "first"
+    # The reference is the configured scheme's own result, item for item.
+    assert a["methods"]["reference"]["mc"]["all"] == m["methods"]["affine"]["mc"]["all"]
+    d = a["differences"]["diag - reference"]["mc"]["all"]
+    assert d["n"] == 12 and d["diff"] == pytest.approx(a["methods"]["diag"]["mc"]["all"]["acc"]
+                                                      - a["methods"]["reference"]["mc"]["all"]["acc"])
+    items = [AnalogyItem("a", "b", "c", ("d",), relation=r) for r in ["x", "x", "y", "x", "y", "y"]]
+    assert nested_subset(items, 2) == [0, 1, 2, 4] and nested_subset(items, None) == list(range(6))
+    from fvtrain.composition.tables import ablation_table
+
+    assert [r[0] for r in ablation_table(m).rows] == ["reference", "two_basis", "fewer", "diag", "first"]

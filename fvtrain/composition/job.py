@@ -107,6 +107,10 @@ def check_config(cfg: DictConfig) -> tuple[list[str], list[str]]:
         raise ConfigError(f"unknown baseline(s) {bad}; available: {', '.join(BASELINES)}")
     if "scheme" not in cfg.composition or "name" not in cfg.composition:
         raise ConfigError("the composition config needs 'name' and 'scheme' (see conf/composition/)")
+    if cfg.compose.get("ablations"):
+        from fvtrain.composition.ablation import check_specs
+
+        check_specs(cfg.compose.ablations)
     return also, baselines
 
 
@@ -227,10 +231,10 @@ def run(cfg: DictConfig, out: Path | str, lm: ModelLike, basis: Path | str | Non
                              tokens=str(cfg.compose.get("score_tokens", "all")))
 
         # 2. Weight schemes (the affine one is trained first).
-        combiner_info = None
+        combiner_info = train_scores = None
         if train_items is not None:
-            combiner_info = _train_affine(cfg, main, lm, bank, train_items, train_source, template,
-                                          seed, out, bar)
+            combiner_info, train_items, train_scores = _train_affine(cfg, main, lm, bank, train_items,
+                                                                     train_source, template, seed, out, bar)
         schemes = {main_name: main}
         tau = float(cfg.composition.scheme.get("temperature", 1.0) or 1.0)  # not every scheme has one
         for name in also:
@@ -276,6 +280,16 @@ def run(cfg: DictConfig, out: Path | str, lm: ModelLike, basis: Path | str | Non
         # What the main scheme adds over each alternative, paired on the same items.
         versus = [(n, main_name) for n in ("none", "one_shot", *order) if n != main_name] + [(main_name, "oracle")]
         differences = paired_differences(eval_items, per_item, versus, seed)
+        ablations = None
+        if cfg.compose.get("ablations"):
+            from fvtrain.composition.ablation import run_ablations
+
+            if train_scores is None:
+                raise ConfigError("compose.ablations vary the affine combiner: use composition=affine")
+            task = bar.add_task("ablations", total=None)
+            ablations = run_ablations(cfg, lm, bank, eval_items, scores, train_items, train_scores,
+                                      results[main_name], template, seed, out)
+            bar.update(task, total=1, completed=1)
         oracle_info = None
         if cfg.compose.oracle_search:
             oracle_info = _oracle_search(lm, eval_items, vectors, bank.names, layer, template, bs, methods)
@@ -303,6 +317,8 @@ def run(cfg: DictConfig, out: Path | str, lm: ModelLike, basis: Path | str | Non
         metrics["combiner"] = combiner_info
     if oracle_info is not None:
         metrics["oracle_search"] = oracle_info
+    if ablations is not None:
+        metrics["ablations"] = ablations
     metrics = runs.write_metrics(out, "compose", metrics)
     _figure(methods, out / runs.FIGURES / FIGURE, main_name, bank)
     return ComposeResult("compose", out, metrics, bank=Path(bank.path), scheme=main_name)
@@ -372,7 +388,8 @@ def _trainer_factory(train_cfg: DictConfig, lm):
     return instantiate(train_cfg.trainer, accelerator=acc, devices=dev)
 
 
-def _train_affine(cfg, combiner, lm, bank, train_items, source, template, seed, out, bar) -> dict:
+def _train_affine(cfg, combiner, lm, bank, train_items, source, template, seed, out, bar):
+    """Fit the combiner; returns ``(info, the training analogies that encode, their scores)``."""
     from fvtrain.artifacts import save_tensors
     from fvtrain.composition import score_pairs
     from fvtrain.composition.training import fit_combiner
@@ -395,8 +412,8 @@ def _train_affine(cfg, combiner, lm, bank, train_items, source, template, seed, 
     save_tensors(out / COMBINER, {"W": combiner.matrix().detach(), "b": combiner.b.detach(),
                                    "temperature": combiner.log_tau.detach().exp().reshape(1)})
     combiner.eval()
-    return {"source": source, "n_items": len(train_items), "skipped": len(skipped), **info,
-            **combiner.describe()}
+    return ({"source": source, "n_items": len(train_items), "skipped": len(skipped), **info,
+             **combiner.describe()}, train_items, s)
 
 
 def _oracle_search(lm, items, basis, names, layer, template, bs, methods) -> dict:

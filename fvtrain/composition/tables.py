@@ -53,6 +53,29 @@ def sets_table(metrics: Mapping) -> Table | None:
     return Table("Analogies per test set: accuracy [95% bootstrap CI]", ["method", *cols], rows)
 
 
+def ablation_table(metrics: Mapping, compact: bool = True) -> Table | None:
+    """Each ablation variant against the reference scheme: what it changes, its accuracy and the
+    paired difference from the reference (``*``: the 95% CI excludes 0)."""
+    from fvtrain.evaluation.stats import fmt, fmt_diff
+
+    ab = metrics.get("ablations")
+    if not ab:
+        return None
+    rows = []
+    for name, v in ab["variants"].items():
+        m = ab["methods"].get(name) or {}
+        d = ab["differences"].get(f"{name} - reference") or {}
+        change = ", ".join(f"{k}={v[k]}" for k in ("form", "learn_temperature", "identity_reg")
+                           if name != "reference" and v.get(k) not in (None, False, 0, 0.0, "full"))
+        rows.append([name, v.get("n_basis"), v.get("n_train_analogies"), v.get("score_tokens"), change or "-",
+                     *[fmt((m.get(mode) or {}).get("all", {}).get("acc"), (m.get(mode) or {}).get("all", {}).get("acc_ci"),
+                           compact=compact) for mode in ("open", "mc")],
+                     *[fmt_diff((d.get(mode) or {}).get("all"), 2 if compact else 3) for mode in ("open", "mc")]])
+    return Table("Ablations of the affine map on the held-out analogies (paired differences vs the reference)",
+                 ["variant", "basis", "train analogies", "score", "map", "open", "MC", "open - ref", "MC - ref"],
+                 rows)
+
+
 def analogy_table(metrics: Mapping, ci: str = "all") -> Table:
     """Analogy accuracy of every scheme and baseline (``metrics["methods"]``)."""
     n = (metrics.get("analogies") or {}).get("n")
@@ -93,5 +116,5 @@ def exact_table(metrics: Mapping) -> Table | None:
 
 
 def tables(metrics: Mapping) -> list[Table]:
-    return [t for t in (analogy_table(metrics), sets_table(metrics), differences_table(metrics), exact_table(metrics))
-            if t is not None]
+    return [t for t in (analogy_table(metrics), sets_table(metrics), differences_table(metrics), exact_table(metrics),
+                        ablation_table(metrics)) if t is not None]

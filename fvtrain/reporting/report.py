@@ -526,12 +526,13 @@ def job_section(job: Job, base: Path, level: int, refresh: bool, made: list[Path
         parts.append(f"{h}# {t.title}\n\n" + t.markdown())
 
     if "compose" in job.stages:
-        from fvtrain.composition.tables import analogy_table, differences_table, sets_table
+        from fvtrain.composition.tables import ablation_table, analogy_table, differences_table, sets_table
         from fvtrain.composition.tables import exact_table as analogy_exact
 
         table = analogy_table(m, ci="every")
         parts.append(f"{h}# Composition: {table.title}\n\n" + table.markdown())
-        for extra in (sets_table(m), differences_table(m, compact=False), analogy_exact(m)):
+        for extra in (sets_table(m), differences_table(m, compact=False), analogy_exact(m),
+                      ablation_table(m, compact=False)):
             if extra is not None:
                 parts.append(f"{h}# Composition: {extra.title}\n\n" + extra.markdown())
         show("composition schemes", _figure(job.path, "composition_schemes.png",

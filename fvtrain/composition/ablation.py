@@ -1,0 +1,120 @@
+"""Ablations of the affine combiner on the held-out analogies (``compose.ablations``).
+
+Each variant changes one thing against the configured scheme (the *reference*): the basis bank
+(a subset of its relations), the number of training analogies per relation, the map's form
+(``diagonal``, ``learn_temperature``, ``identity_reg``) or the source score (``score_tokens:
+first``). Everything else is shared: the LM, the bank, the training analogies (a variant with fewer
+per relation takes the first ones of each relation, so the sets are nested) and the evaluation
+items, scored once. A bank subset uses the matching columns of the full score matrix: a basis
+vector's score does not depend on the others. Every variant is evaluated on the same items as the
+reference, so its difference from the reference carries a paired bootstrap interval.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from fvtrain.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+KEYS = ("name", "basis", "analogies_per_relation", "form", "learn_temperature", "identity_reg",
+        "score_tokens")
+SCHEME_KEYS = ("form", "learn_temperature", "identity_reg")
+
+
+def check_specs(specs: Any, bank_names: Sequence[str] | None = None) -> list[dict]:
+    """The variants as plain dicts, refused with a clear message when malformed."""
+    out = []
+    raw = OmegaConf.to_container(specs, resolve=True) if OmegaConf.is_config(specs) else list(specs)
+    for spec in raw:
+        d = dict(spec)
+        bad = set(d) - set(KEYS)
+        if bad or not d.get("name"):
+            raise ConfigError(f"compose.ablations: each variant is {{name, {', '.join(KEYS[1:])}}}; got {d}")
+        if d["name"] in {o["name"] for o in out} or d["name"] == "reference":
+            raise ConfigError(f"compose.ablations: the name {d['name']!r} is taken")
+        if d.get("score_tokens", "all") not in ("all", "first"):
+            raise ConfigError(f"compose.ablations[{d['name']}].score_tokens must be all or first")
+        if bank_names is not None and d.get("basis"):
+            missing = [r for r in d["basis"] if r not in bank_names]
+            if missing:
+                raise ConfigError(f"compose.ablations[{d['name']}].basis names {missing[:5]}, which the bank "
+                                  "does not hold")
+        out.append(d)
+    return out
+
+
+def nested_subset(items: Sequence, per_relation: int | None) -> list[int]:
+    """Indices of the first ``per_relation`` training analogies of every relation (all if None)."""
+    if per_relation is None:
+        return list(range(len(items)))
+    seen: dict[Any, int] = {}
+    keep = []
+    for i, it in enumerate(items):
+        if seen.get(it.relation, 0) < int(per_relation):
+            keep.append(i)
+            seen[it.relation] = seen.get(it.relation, 0) + 1
+    return keep
+
+
+def run_ablations(cfg: DictConfig, lm, bank, eval_items: list, eval_scores: torch.Tensor, train_items: list,
+                  train_scores: torch.Tensor, reference, template, seed: int, out: Path) -> dict:
+    """Train and evaluate every variant of ``cfg.compose.ablations``; returns the metrics block
+    ``{"variants", "methods", "differences"}`` (``reference``: the configured scheme's results)."""
+    from hydra.utils import instantiate
+
+    from fvtrain.composition import compose, score_pairs
+    from fvtrain.composition.job import _trainer_factory, scheme_kwargs
+    from fvtrain.composition.training import fit_combiner
+    from fvtrain.data.datamodules import AnalogyDataModule
+    from fvtrain.evaluation.analogy import evaluate_methods, paired_differences, summarise
+
+    specs = check_specs(cfg.compose.ablations, bank.names)
+    t_cfg = cfg.composition.train
+    bs, max_rows = int(cfg.compose.batch_size), int(cfg.compose.max_rows)
+    ref_tokens = str(cfg.compose.get("score_tokens", "all"))
+    scores = {ref_tokens: (train_scores, eval_scores)}
+    cfvs = {}
+    ref = OmegaConf.to_container(cfg.composition.scheme, resolve=True)
+    variants = {"reference": {"name": "reference", "n_basis": len(bank), "n_train_analogies": len(train_items),
+                              "score_tokens": ref_tokens, **{k: ref.get(k) for k in SCHEME_KEYS}}}
+    for spec in specs:
+        name = spec["name"]
+        tokens = spec.get("score_tokens") or ref_tokens
+        if tokens not in scores:  # one more scoring pass, shared by every variant that needs it
+            log.info("ablations: scoring the basis with %s-token source scores", tokens)
+            scores[tokens] = tuple(score_pairs(lm, [(it.a, it.b) for it in its], bank.vectors, bank.layer,
+                                               template, bs, max_rows, tokens=tokens)
+                                   for its in (train_items, eval_items))
+        s_train, s_eval = scores[tokens]
+        cols = [bank.index(r) for r in spec["basis"]] if spec.get("basis") else list(range(len(bank)))
+        idx = nested_subset(train_items, spec.get("analogies_per_relation"))
+        overrides = {k: spec[k] for k in SCHEME_KEYS if spec.get(k) is not None}
+        combiner = instantiate(cfg.composition.scheme, **scheme_kwargs(cfg.composition, len(cols)), **overrides)
+        basis = bank.vectors[cols]
+        combiner.attach(lm, basis, bank.layer)
+        data = AnalogyDataModule([train_items[i] for i in idx], s_train[idx][:, cols], lm.tokenizer, template,
+                                 int(t_cfg.batch_size), float(t_cfg.val_fraction), seed,
+                                 prefix_cache=lm.prefix_cache)
+        log.info("ablation %s: %d basis vectors, %d training analogies, %s", name, len(cols), len(idx),
+                 overrides or "reference map")
+        info = fit_combiner(combiner, data, _trainer_factory(t_cfg, lm), out / "ablations" / name)
+        combiner.eval()
+        with torch.no_grad():
+            cfvs[name] = compose(combiner.weights(s_eval[:, cols]).detach().float().cpu(), basis)
+        variants[name] = {**spec, "n_basis": len(cols), "n_train_analogies": len(idx), "score_tokens": tokens,
+                          "epochs": info.get("epochs"), **combiner.describe()}
+    results = evaluate_methods(lm, eval_items, cfvs, bank.layer, template, "zero_shot", bs)
+    everything = list(range(len(eval_items)))
+    per_item = {"reference": (everything, reference), **{n: (everything, r) for n, r in results.items()}}
+    return {
+        "variants": variants,
+        "methods": {n: summarise(eval_items, r) for n, (_, r) in per_item.items()},
+        "differences": paired_differences(eval_items, per_item, [("reference", n) for n in cfvs], seed),
+    }
