@@ -118,3 +118,71 @@ def test_fv_bias_is_a_no_op_without_an_o_proj_bias(family):
     mean = torch.randn(lm.n_layers, lm.n_heads, lm.head_dim, generator=torch.Generator().manual_seed(1))
     heads = [(0, 1, 0.3), (2, 3, 0.1)]
     assert torch.equal(function_vector(lm, mean, heads, bias="per_head"), function_vector(lm, mean, heads))
+
+
+# -- extract.fv_variant: the FV centred against baseline head means ------------------------------------
+
+@pytest.mark.parametrize("family", ["gpt2", "gemma3"])
+def test_centred_fv_is_plain_minus_the_baseline_contribution(family):
+    from fvtrain.extraction import centred_function_vector
+
+    lm = load_model(f"tiny-{family}")
+    g = torch.Generator().manual_seed(2)
+    mean = torch.randn(lm.n_layers, lm.n_heads, lm.head_dim, generator=g)
+    base = torch.randn(lm.n_layers, lm.n_heads, lm.head_dim, generator=g)
+    heads = [(1, 2, 0.5), (3, 0, 0.2), (1, 0, 0.1)]
+    for bias in ("none", "per_head"):
+        cen = centred_function_vector(lm, mean, base, heads, bias=bias)
+        assert torch.equal(cen, function_vector(lm, mean, heads, bias=bias) - function_vector(lm, base, heads))
+    assert torch.equal(centred_function_vector(lm, mean, mean, heads), torch.zeros(lm.d_model))
+
+
+@pytest.mark.parametrize("variant", ["centred", "centred_zero_shot"])
+def test_extracted_centred_fv_against_plain(variant):
+    """Same prompts, AIE and heads as the plain FV; the vector is plain minus the heads' writes at
+    their means over the baseline twins (shuffled demonstration answers, or the query alone)."""
+    import random
+
+    from omegaconf import OmegaConf
+
+    from fvtrain.data import load, split_relation
+    from fvtrain.extraction import mean_head_activations
+    from fvtrain.extraction.job import extract_relation
+    from fvtrain.prompts import PromptTemplate, sample_demos, shuffled_icl, zero_shot
+
+    lm = load_model("tiny-llama")
+    split = split_relation(load("builtin", relations=["antonym"]).relations["antonym"], 20, None, 0)
+    cfg = {"n_prompts": 5, "n_corrupt": 3, "n_shots": 3, "k": 3, "filter_correct": False,
+           "aie_impl": "fast", "max_rows": 512, "layer_start": True, "batch_size": 4}
+    T = PromptTemplate()
+    plain = extract_relation(lm, split, OmegaConf.create(cfg), T, 0, 1)
+    cen = extract_relation(lm, split, OmegaConf.create({**cfg, "fv_variant": variant}), T, 0, 1)
+    assert plain.baseline is None
+    assert torch.equal(plain.mean, cen.mean) and torch.equal(plain.aie, cen.aie) and plain.heads == cen.heads
+    rng, train = random.Random("0-antonym"), list(split.train)
+    queries = [rng.choice(train) for _ in range(5)]
+    demos = [sample_demos(train, q.x, 3, rng) for q in queries]
+    if variant == "centred":
+        brng = random.Random("0-antonym-baseline")
+        prompts = [shuffled_icl(T, d, q.x, brng) for d, q in zip(demos, queries)]
+    else:
+        prompts = [zero_shot(T, q.x) for q in queries]
+    torch.testing.assert_close(cen.baseline, mean_head_activations(lm, prompts), rtol=1e-5, atol=1e-6)
+    expected = plain.vector - function_vector(lm, cen.baseline, cen.heads)
+    torch.testing.assert_close(cen.vector, expected, rtol=0, atol=0)
+    assert not torch.allclose(cen.vector, plain.vector)
+    with pytest.raises(ValueError, match="extract.fv_variant='other'"):
+        extract_relation(lm, split, OmegaConf.create({**cfg, "fv_variant": "other"}), T, 0, 1)
+
+
+@pytest.mark.parametrize("override,key", [("prompt.bos=sometimes", "prompt.bos"),
+                                          ("extract.fv_bias=twice", "extract.fv_bias"),
+                                          ("extract.fv_variant=other", "extract.fv_variant")])
+def test_options_are_checked_before_model_work(override, key):
+    from fvtrain import api
+    from fvtrain.errors import ConfigError
+    from fvtrain.extraction.job import check_options
+
+    check_options(api.job_config("extract"))  # the defaults: auto, none, plain
+    with pytest.raises(ConfigError, match=f"{key}="):
+        check_options(api.job_config("extract", [override]))

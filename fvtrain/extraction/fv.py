@@ -45,3 +45,22 @@ def function_vector(
             if bias == "per_head":
                 fv += lm.residual_bias(l, mean[l]).float().cpu()
     return fv
+
+
+FV_VARIANTS = ("plain", "centred", "centred_zero_shot")
+
+
+def centred_function_vector(
+    lm: FrozenLM,
+    mean: torch.Tensor,
+    baseline: torch.Tensor,
+    heads: list[tuple[int, int, float]] | list[tuple[int, int]],
+    bias: str = "none",
+) -> torch.Tensor:
+    """The plain FV minus the same heads' writes at their ``baseline`` means (``extract.fv_variant``
+    ``centred``: shuffled-ICL twins of the clean prompts; ``centred_zero_shot``: zero-shot prompts).
+
+    What a head writes on every prompt of the format (on Gemma 3 mostly one massive-activation
+    channel) cancels; what the demonstrated relation adds remains. Any bias stays as in the plain FV.
+    """
+    return function_vector(lm, mean, heads, bias) - function_vector(lm, baseline, heads)

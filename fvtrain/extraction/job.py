@@ -23,7 +23,7 @@ from fvtrain.data.splits import Split, split_hash
 from fvtrain.evaluation.relation import completion, layer_sweep
 from fvtrain.extraction.activations import mean_head_activations
 from fvtrain.extraction.aie import aie_fast, aie_reference
-from fvtrain.extraction.fv import FV_BIAS, function_vector, top_heads
+from fvtrain.extraction.fv import FV_BIAS, FV_VARIANTS, centred_function_vector, function_vector, top_heads
 from fvtrain.models.wrapper import FrozenLM
 from fvtrain.prompts import (
     BOS_POLICIES,
@@ -52,6 +52,7 @@ class Extracted:
     layer: int
     metrics: dict = field(default_factory=dict)
     n_corrupt_used: int = 0
+    baseline: torch.Tensor | None = None  # [L, H, head_dim] baseline means of a centred FV
 
 
 def check_shots(split: Split, n_shots: int) -> None:
@@ -65,15 +66,37 @@ def check_shots(split: Split, n_shots: int) -> None:
 
 
 def check_options(cfg: DictConfig) -> None:
-    """Refuse an unknown ``prompt.bos`` or ``extract.fv_bias`` before any model work."""
+    """Refuse an unknown ``prompt.bos``, ``extract.fv_bias``, ``fv_variant`` or ``heads`` early."""
     from fvtrain.errors import ConfigError
 
     for key, value, allowed in (("prompt.bos", cfg.prompt.get("bos", "auto"), BOS_POLICIES),
                                 ("extract.fv_bias", cfg.extract.get("fv_bias", "none"), FV_BIAS),
+                                ("extract.fv_variant", cfg.extract.get("fv_variant", "plain"), FV_VARIANTS),
                                 ("extract.heads", cfg.extract.get("heads", "per_relation"),
                                  ("per_relation", "universal"))):
         if value not in allowed:
             raise ConfigError(f"{key}={value!r}: it must be one of {', '.join(allowed)}")
+
+
+def baseline_mean(lm: FrozenLM, cfg: DictConfig, template: PromptTemplate, demos: list,
+                  queries: list, key: str) -> torch.Tensor | None:
+    """Head means over the baseline twins of the clean prompts (None for ``fv_variant=plain``).
+
+    ``centred``: each clean prompt with its demonstration answers permuted (the format without
+    the relation); ``centred_zero_shot``: the query alone. The permutations draw from their own
+    seeded stream, so the clean prompts, AIE and plain FV are the same under every variant.
+    """
+    variant = str(cfg.get("fv_variant", "plain"))
+    if variant == "plain":
+        return None
+    if variant == "centred":
+        rng = random.Random(f"{key}-baseline")
+        prompts = [shuffled_icl(template, d, q.x, rng) for d, q in zip(demos, queries)]
+    elif variant == "centred_zero_shot":
+        prompts = [zero_shot(template, q.x) for q in queries]
+    else:
+        raise ValueError(f"extract.fv_variant={variant!r}: it must be one of {', '.join(FV_VARIANTS)}")
+    return mean_head_activations(lm, prompts, batch_size=int(cfg.batch_size))
 
 
 def extract_relation(
@@ -102,11 +125,19 @@ def extract_relation(
 
     # 1. Mean head activations over clean ICL prompts.
     queries = [rng.choice(train) for _ in range(int(cfg.n_prompts))]
-    clean = [icl(template, sample_demos(train, q.x, n_shots, rng), q.x) for q in queries]
+    demos = [sample_demos(train, q.x, n_shots, rng) for q in queries]
+    clean = [icl(template, d, q.x) for d, q in zip(demos, queries)]
     mean = mean_head_activations(lm, clean, batch_size=int(cfg.batch_size), progress=advance)
+    baseline = baseline_mean(lm, cfg, template, demos, queries, f"{seed}-{split.relation}")
+
+    def make_fv(heads):
+        bias = str(cfg.get("fv_bias", "none"))
+        if baseline is None:
+            return function_vector(lm, mean, heads, bias=bias)
+        return centred_function_vector(lm, mean, baseline, heads, bias=bias)
     if heads is not None:
-        fv = function_vector(lm, mean, heads, bias=str(cfg.get("fv_bias", "none")))
-        return Extracted(split.relation, fv, list(heads), torch.full(mean.shape[:2], math.nan), mean, layer)
+        return Extracted(split.relation, make_fv(heads), list(heads), torch.full(mean.shape[:2], math.nan),
+                         mean, layer, baseline=baseline)
 
     # 2. Shuffled-ICL prompts for the AIE; optionally only queries the model solves with clean ICL.
     n_corrupt = int(cfg.n_corrupt)
@@ -149,10 +180,10 @@ def extract_relation(
         raise ValueError(f"extract.aie_impl must be 'fast' or 'reference', got {cfg.aie_impl!r}")
     aie = effects.mean(0)
     heads = top_heads(aie, int(cfg.k))
-    fv = function_vector(lm, mean, heads, bias=str(cfg.get("fv_bias", "none")))
+    fv = make_fv(heads)
     if progress:
         progress.update(task, description=f"{split.relation}: done")
-    return Extracted(split.relation, fv, heads, aie, mean, layer, n_corrupt_used=len(kept))
+    return Extracted(split.relation, fv, heads, aie, mean, layer, n_corrupt_used=len(kept), baseline=baseline)
 
 
 def universal_heads(aies: dict[str, torch.Tensor], k: int) -> list[tuple[int, int, float]]:
@@ -210,6 +241,7 @@ def manifest(lm: FrozenLM, ex: Extracted, split: Split, template: PromptTemplate
         "template": template.template,
         "prompt_bos": bos_policy(lm.tokenizer),
         "fv_bias": str(cfg.get("fv_bias", "none")),
+        "fv_variant": str(cfg.get("fv_variant", "plain")),
         "n_shots": int(cfg.n_shots),
         "n_prompts": int(cfg.n_prompts),
         "n_corrupt": ex.n_corrupt_used,
@@ -225,6 +257,8 @@ def save_extracted(out: Path, lm: FrozenLM, ex: Extracted, split: Split, templat
     save_vector(out / runs.VECTORS, ex.relation, ex.vector, manifest(lm, ex, split, template, cfg, seed))
     # Relations whose FV uses the universal heads have no AIE of their own: only their means.
     tensors = {"mean": ex.mean} if bool(torch.isnan(ex.aie).all()) else {"aie": ex.aie, "mean": ex.mean}
+    if ex.baseline is not None:
+        tensors["baseline_mean"] = ex.baseline  # a centred FV = plain FV(mean) - FV(baseline_mean)
     save_tensors(out / runs.AIE / f"{file_stem(ex.relation)}.safetensors", tensors)
 
 
