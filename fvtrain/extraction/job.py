@@ -343,7 +343,9 @@ def run(cfg: DictConfig, out: Path, lm: ModelLike) -> ExtractResult:
             if name in first:  # its means are the same seeded prompts' as in the AIE pass
                 ex = first.pop(name)
                 ex.heads = list(universal)
-                ex.vector = function_vector(lm, ex.mean, ex.heads, bias=str(ex_cfg.get("fv_bias", "none")))
+                bias = str(ex_cfg.get("fv_bias", "none"))
+                ex.vector = function_vector(lm, ex.mean, ex.heads, bias=bias) if ex.baseline is None else \
+                    centred_function_vector(lm, ex.mean, ex.baseline, ex.heads, bias=bias)
             else:
                 ex = extract_relation(lm, split, ex_cfg, template, seed, layer, progress=bar, heads=universal)
             ex.metrics = evaluate_relation(lm, split, ex.vector, layer, template,
