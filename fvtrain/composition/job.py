@@ -191,7 +191,7 @@ def run(cfg: DictConfig, out: Path | str, lm: ModelLike, basis: Path | str | Non
     from fvtrain.evaluation.analogy import check_encodable, evaluate_methods, paired_differences, summarise
     from fvtrain.preflight import check_config as check_settings
     from fvtrain.preflight import check_geometry
-    from fvtrain.prompts import PromptTemplate
+    from fvtrain.prompts import PromptTemplate, set_bos_policy
 
     out = Path(out)
     seed = int(cfg.seed)
@@ -214,6 +214,7 @@ def run(cfg: DictConfig, out: Path | str, lm: ModelLike, basis: Path | str | Non
 
     seed_everything(seed)
     lm = obtain(lm)
+    set_bos_policy(lm.tokenizer, str(cfg.prompt.get("bos", "auto")))  # prompt.bos for every prompt here
     bank.check_compatible(lm, bool(cfg.basis.check_model))
     eval_items, skipped = check_encodable(lm.tokenizer, eval_items, template, cfg.analogies.on_bad)
     if not eval_items:

@@ -197,7 +197,7 @@ def run(cfg: DictConfig, out: Path, lm: ModelLike,
     from fvtrain.evaluation import alignment as al
     from fvtrain.evaluation import decoding as dec
     from fvtrain.preflight import check_config, check_geometry
-    from fvtrain.prompts import PromptTemplate
+    from fvtrain.prompts import PromptTemplate, set_bos_policy
 
     out = Path(out)
     seed = int(cfg.seed)
@@ -240,6 +240,7 @@ def run(cfg: DictConfig, out: Path, lm: ModelLike,
     runs.save_config(cfg, out)
     seed_everything(seed)
     lm = obtain(lm)
+    set_bos_policy(lm.tokenizer, str(cfg.prompt.get("bos", "auto")))  # prompt.bos for every prompt here
     size = next(iter(next(iter(vecs.values())).values())).numel()
     if lm.d_model != size:
         raise ConfigError(f"the vectors have size {size}, but {lm.model_id} has d_model {lm.d_model}: "

@@ -165,7 +165,7 @@ def run(cfg: DictConfig, out: Path, lm: ModelLike, fv_source: Path | str | None 
     from fvtrain.data.select import load_relations
     from fvtrain.data.splits import configured_split, save_splits, split_hash
     from fvtrain.preflight import check_config, check_geometry
-    from fvtrain.prompts import PromptTemplate
+    from fvtrain.prompts import PromptTemplate, set_bos_policy
     from fvtrain.training.init import (
         InitArtifactError,
         common_layer,
@@ -240,6 +240,7 @@ def run(cfg: DictConfig, out: Path, lm: ModelLike, fv_source: Path | str | None 
     # -- the model, and the FVs when they must be extracted here ---------------------------
     seed_everything(seed)
     lm = obtain(lm)
+    set_bos_policy(lm.tokenizer, str(cfg.prompt.get("bos", "auto")))  # prompt.bos for every prompt here
     lm.check_layer(layer)
     if fv_manifests:
         revs = {m.get("model_revision") for m in fv_manifests.values()} - {None}
@@ -261,7 +262,7 @@ def run(cfg: DictConfig, out: Path, lm: ModelLike, fv_source: Path | str | None 
                        int(f.n_shots), int(f.n_shuffled), int(f.batch_per_relation), int(f.eval_batch_size), seed)
     optimizer = instantiate(cfg.optim.optimizer)
     scheduler = instantiate(cfg.optim.scheduler) if cfg.optim.get("scheduler") else None
-    factory = LMFactory(OmegaConf.to_container(cfg.model, resolve=True))
+    factory = LMFactory(OmegaConf.to_container(cfg.model, resolve=True), str(cfg.prompt.get("bos", "auto")))
     hp_common = {
         "model_id": lm.model_id, "model_revision": lm.source.revision, "params_frozen": frozen,
         "train_modes": train_modes, "n_shots": int(f.n_shots), "n_shuffled": int(f.n_shuffled),

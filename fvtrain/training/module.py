@@ -60,16 +60,20 @@ class Prepared:
 class LMFactory:
     """Builds the frozen LM from a model config node (picklable, for spawned processes)."""
 
-    def __init__(self, model_cfg: dict):
-        self.model_cfg = dict(model_cfg)
+    def __init__(self, model_cfg: dict, bos: str = "auto"):
+        self.model_cfg, self.bos = dict(model_cfg), bos
 
     def __call__(self, device: torch.device | str | None = None):
         from hydra.utils import instantiate
 
+        from fvtrain.prompts import set_bos_policy
+
         cfg = dict(self.model_cfg)
         if device is not None and cfg.get("device_map") is None:
             cfg["device"] = str(device)
-        return instantiate(cfg)
+        lm = instantiate(cfg)
+        set_bos_policy(lm.tokenizer, self.bos)  # a spawned process builds its own tokenizer
+        return lm
 
 
 class FFVModule(LightningModule):
@@ -320,7 +324,10 @@ class FFVModule(LightningModule):
         )
 
     def configure_optimizers(self):
-        params = [self.vectors]
+        return self.scaled_optimizers([self.vectors])
+
+    def scaled_optimizers(self, params: list[torch.Tensor]):
+        """The configured optimiser (and scheduler) over ``params``, learning rates times ``lr_scale``."""
         opt = self.optimizer_factory(params) if self.optimizer_factory else torch.optim.Adam(params, lr=0.05)
         # Learning rates are relative to the residual stream's scale at the injection layer
         # (lr_scale = its RMS per coordinate), so one setting fits models whose hidden states
