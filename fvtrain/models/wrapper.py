@@ -143,6 +143,28 @@ class FrozenLM:
         """Logits of final-normed hidden states (what :meth:`body` returns)."""
         return self.adapter.logits(hidden)
 
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """``[B, T, d_model]`` input embeddings as the embedding module returns them (Gemma's
+        included ``sqrt(d_model)`` scale), without gradient: the space soft prompts live in."""
+        with torch.no_grad():
+            return self.model.get_input_embeddings()(input_ids.to(self.device))
+
+    def forward_embeds(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
+                       logits_to_keep: int | torch.Tensor = 1):
+        """:meth:`forward` on embeddings (:meth:`embed` rows, or learned ones) instead of ids;
+        gradients reach ``inputs_embeds``, never the frozen weights."""
+        dev = self.device
+        attention_mask = attention_mask.to(dev)
+        if isinstance(logits_to_keep, torch.Tensor):
+            logits_to_keep = logits_to_keep.to(dev)
+        return self.model(
+            inputs_embeds=inputs_embeds.to(dev, self.dtype),
+            attention_mask=attention_mask,
+            position_ids=position_ids_for(attention_mask, inputs_embeds.shape[1]),
+            use_cache=False,
+            logits_to_keep=logits_to_keep,
+        )
+
     def prefix_cache(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
         """Keys/values of every column but the last (no gradient); reuse with :meth:`last_token`.
 

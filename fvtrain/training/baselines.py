@@ -37,6 +37,7 @@ from fvtrain.training.init import BASELINE_INITS, random_like
 
 BASELINES = BASELINE_INITS  # vectors added like an FV (test-table columns and FFV inits)
 REPLACED = ("task_vector_replace",)  # the task vector overwriting the residual (a column only)
+TRAINED = ("soft_prompt",)  # trained beside the FFV (fvtrain.training.soft_prompt; a column only)
 FOLDER = "baselines"  # run-folder subfolder: baselines/<name>/<relation>.safetensors + .json
 
 
@@ -56,9 +57,10 @@ class BaselineSet:
 def check_names(names: Sequence[str]) -> list[str]:
     """The baseline names, checked (a ``ValueError`` names the unknown ones), duplicates dropped."""
     names = list(dict.fromkeys(str(n) for n in names))
-    bad = [n for n in names if n not in BASELINES + REPLACED]
+    known = BASELINES + REPLACED + TRAINED
+    bad = [n for n in names if n not in known]
     if bad:
-        raise ValueError(f"unknown baseline(s) {', '.join(bad)}: use any of {', '.join(BASELINES + REPLACED)}")
+        raise ValueError(f"unknown baseline(s) {', '.join(bad)}: use any of {', '.join(known)}")
     return names
 
 
@@ -96,7 +98,7 @@ def build_baselines(lm, splits: Mapping[str, Split], names: Sequence[str], templ
                     seed: int, layer: int, n_prompts: int, n_shots: int,
                     batch_size: int = 16) -> BaselineSet:
     """The ``names`` baselines of every relation in ``splits`` (train pairs only) at ``layer``."""
-    names = [n[: -len("_replace")] if n in REPLACED else n for n in check_names(names)]
+    names = [n[: -len("_replace")] if n in REPLACED else n for n in check_names(names) if n not in TRAINED]
     names = list(dict.fromkeys(names))
     relations = list(splits)
     need_icl = any(n in ("task_vector", "mean_diff") for n in names)

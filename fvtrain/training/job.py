@@ -88,6 +88,9 @@ def check_ffv(cfg: DictConfig) -> None:
         raise ConfigError(f"ffv.baselines: {err}") from None
     if f.get("baseline_prompts") is not None and int(f.baseline_prompts) < 1:
         raise ConfigError(f"ffv.baseline_prompts must be >= 1 (or null), got {f.baseline_prompts}")
+    from fvtrain.training.soft_prompt import check_soft_prompt
+
+    check_soft_prompt(f)
 
 
 def model_d_model(cfg: DictConfig) -> int:
@@ -320,6 +323,16 @@ def run(cfg: DictConfig, out: Path, lm: ModelLike, fv_source: Path | str | None 
         times["fit_random_s"] = time.time() - t0
         random_vectors = select(random_module, rtrainer, f.select)
 
+    soft = None
+    if "soft_prompt" in _list(f.get("baselines")):
+        from fvtrain.training.soft_prompt import fit_soft_prompt
+
+        t0 = time.time()
+        soft = fit_soft_prompt(cfg, lm, dm, splits, template, out, optimizer=optimizer, scheduler=scheduler,
+                               factory=factory, loggers=loggers, resume=resume, hparams=hp_common,
+                               select_fn=select)
+        times["fit_soft_prompt_s"] = time.time() - t0
+
     # -- test: every method side by side ---------------------------------------------------
     with torch.no_grad():
         module.vectors.copy_(vectors.to(module.vectors))
@@ -338,6 +351,11 @@ def run(cfg: DictConfig, out: Path, lm: ModelLike, fv_source: Path | str | None 
 
     results = module.test_results or results_from_logged(ttrainer.callback_metrics, module, relations)
     metrics = collect_metrics(module, results, relations, test_modes, icl_reused, splits)
+    if soft is not None:  # before the intervals: its outcomes join test_outcomes.json
+        from fvtrain.training.soft_prompt import FOLDER, add_column
+
+        add_column(metrics, out / runs.OUTCOMES, out / FOLDER / runs.OUTCOMES, relations)
+        metrics["soft_prompt"] = soft
     if (out / runs.OUTCOMES).is_file() and "zero_shot" in test_modes:
         from fvtrain.artifacts import read_json
         from fvtrain.training.metrics import completion_intervals
@@ -399,7 +417,7 @@ def baselines_needed(f) -> list[str]:
     """Baselines to build: those of ``ffv.baselines``, and ``ffv.init`` when it is one."""
     from fvtrain.training.baselines import BASELINES
 
-    names = _list(f.get("baselines"))
+    names = [n for n in _list(f.get("baselines")) if n != "soft_prompt"]  # trained, not built
     return list(dict.fromkeys(names + ([f.init] if f.init in BASELINES else [])))
 
 

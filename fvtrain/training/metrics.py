@@ -90,7 +90,7 @@ def mean_over_relations(values: torch.Tensor) -> float:
 
 
 # Paired differences the test table reports (b - a): what the FFV adds over each alternative.
-DIFFERENCES = (("none", "ffv"), ("fv", "ffv"), ("ffv_random", "ffv"), ("icl", "ffv"))
+DIFFERENCES = (("none", "ffv"), ("fv", "ffv"), ("ffv_random", "ffv"), ("soft_prompt", "ffv"), ("icl", "ffv"))
 
 
 def completion_intervals(outcomes: dict[str, dict], relations: Sequence[str], mode: str = "zero_shot",
