@@ -429,7 +429,7 @@ def test_composition_group_instantiates(name):
 
     cfg = _cfg(f"composition={name}")
     assert cfg.composition.name == name
-    from fvtrain.composition.job import scheme_kwargs
+    from fvtrain.composition.training import scheme_kwargs
 
     scheme = instantiate(cfg.composition.scheme, **scheme_kwargs(cfg.composition, 5))
     assert scheme.name == name
@@ -662,3 +662,30 @@ def test_ablations_train_each_variant_and_pair_it_with_the_reference(tmp_path, t
     from fvtrain.composition.tables import ablation_table
 
     assert [r[0] for r in ablation_table(m).rows] == ["reference", "two_basis", "fewer", "diag", "first"]
+
+
+def test_repeated_source_pairs_are_scored_once_and_sources_can_be_few(tiny_llama):
+    calls = []
+    import fvtrain.composition.scoring as sc
+
+    real = sc.source_scores
+
+    def counting(lm, batch, *a, **k):
+        calls.append(len(batch))
+        return real(lm, batch, *a, **k)
+
+    bank = bank_tensor(tiny_llama, 3)
+    pairs = [("hot", "cold"), ("big", "small"), ("hot", "cold"), ("hot", "cold")]
+    sc.source_scores = counting
+    try:
+        got = score_pairs(tiny_llama, pairs, bank, 1, T)
+    finally:
+        sc.source_scores = real
+    assert sum(calls) == 2  # two distinct source pairs
+    torch.testing.assert_close(got[0], got[2])
+    torch.testing.assert_close(got, torch.stack([score_pairs(tiny_llama, [p], bank, 1, T)[0] for p in pairs]),
+                               atol=1e-4, rtol=1e-4)
+    ps = {"r": [Pair(f"x{i}", (f"y{i}",)) for i in range(10)]}
+    items = analogies_from_pairs(ps, 12, seed=0, sources_per_relation=2)
+    assert len(items) == 12 and len({it.a for it in items}) == 2
+    assert analogies_from_pairs(ps, 12, seed=0) == analogies_from_pairs(ps, 12, seed=0, sources_per_relation=None)

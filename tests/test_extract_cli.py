@@ -37,6 +37,13 @@ def test_extract_writes_every_artifact(tiny_run):
     assert set(r["zero_shot"]) == {"none", "fv"} and set(r["shuffled_icl"]) == {"none", "fv"}
     assert len(r["layer_sweep"]["acc"]) == 4 and "icl" in r
     assert set(m["mean"]["zero_shot"]) == {"none", "fv"}
+    # Per-item outcomes behind every accuracy, and intervals of the means over relations.
+    z = r["zero_shot"]["fv"]
+    assert len(z["correct"]) == z["n"] == r["n"] and abs(sum(z["correct"]) / z["n"] - z["acc"]) < 1e-6
+    lo, hi = m["mean"]["intervals"]["zero_shot"]["mean"]["fv"]
+    assert lo - 1e-9 <= m["mean"]["zero_shot"]["fv"] <= hi + 1e-9
+    d = m["mean"]["intervals"]["zero_shot"]["fv - none"]
+    assert abs(d["diff"] - (m["mean"]["zero_shot"]["fv"] - m["mean"]["zero_shot"]["none"])) < 1e-9
     splits = json.loads((run / "splits.json").read_text())
     assert "antonym" in json.dumps(splits)
     cfg = OmegaConf.load(run / "config.yaml")

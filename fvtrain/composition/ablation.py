@@ -70,8 +70,7 @@ def run_ablations(cfg: DictConfig, lm, bank, eval_items: list, eval_scores: torc
     from hydra.utils import instantiate
 
     from fvtrain.composition import compose, score_pairs
-    from fvtrain.composition.job import _trainer_factory, scheme_kwargs
-    from fvtrain.composition.training import fit_combiner
+    from fvtrain.composition.training import fit_combiner, scheme_kwargs, trainer_factory
     from fvtrain.data.datamodules import AnalogyDataModule
     from fvtrain.evaluation.analogy import evaluate_methods, paired_differences, summarise
 
@@ -104,7 +103,7 @@ def run_ablations(cfg: DictConfig, lm, bank, eval_items: list, eval_scores: torc
                                  prefix_cache=lm.prefix_cache)
         log.info("ablation %s: %d basis vectors, %d training analogies, %s", name, len(cols), len(idx),
                  overrides or "reference map")
-        info = fit_combiner(combiner, data, _trainer_factory(t_cfg, lm), out / "ablations" / name)
+        info = fit_combiner(combiner, data, trainer_factory(t_cfg, lm), out / "ablations" / name)
         combiner.eval()
         with torch.no_grad():
             cfvs[name] = compose(combiner.weights(s_eval[:, cols]).detach().float().cpu(), basis)

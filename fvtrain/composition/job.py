@@ -25,6 +25,7 @@ from omegaconf import DictConfig
 from fvtrain import runs
 from fvtrain.data.select import name_list
 from fvtrain.errors import ConfigError
+from fvtrain.composition.training import scheme_kwargs, trainer_factory
 from fvtrain.runtime import ModelLike, obtain, seed_everything
 from fvtrain.tracking import tracked
 
@@ -111,20 +112,9 @@ def check_config(cfg: DictConfig) -> tuple[list[str], list[str]]:
         from fvtrain.composition.ablation import check_specs
 
         check_specs(cfg.compose.ablations)
+        if cfg.composition.name != "affine":
+            raise ConfigError("compose.ablations vary the affine map: use composition=affine")
     return also, baselines
-
-
-def scheme_kwargs(c_cfg: DictConfig, n_basis: int) -> dict:
-    """``n_basis``, plus the optimiser / scheduler of a trained scheme (``composition.optim``)."""
-    from hydra.utils import instantiate
-
-    kw: dict = {"n_basis": n_basis}
-    o = c_cfg.get("optim")  # only trained schemes have one
-    if o is not None:
-        kw["optimizer"] = instantiate(o.optimizer)
-        kw["scheduler"] = instantiate(o.scheduler) if o.scheduler is not None else None
-        kw["interval"] = str(o.interval)
-    return kw
 
 
 def training_analogies(cfg: DictConfig, bank, eval_items, template, seed: int):
@@ -152,7 +142,8 @@ def training_analogies(cfg: DictConfig, bank, eval_items, template, seed: int):
     if missing:
         log.warning("no train pairs for basis relation(s) %s: no training analogies of them",
                     ", ".join(missing))
-    items = analogies_from_pairs(pairs, int(cfg.composition.train.analogies_per_relation), seed)
+    items = analogies_from_pairs(pairs, int(cfg.composition.train.analogies_per_relation), seed,
+                                 cfg.composition.train.get("sources_per_relation"))
     if not items:
         raise ConfigError(
             "the affine combiner has no training analogies: the bank's run folder has no splits.json "
@@ -281,16 +272,6 @@ def run(cfg: DictConfig, out: Path | str, lm: ModelLike, basis: Path | str | Non
         # What the main scheme adds over each alternative, paired on the same items.
         versus = [(n, main_name) for n in ("none", "one_shot", *order) if n != main_name] + [(main_name, "oracle")]
         differences = paired_differences(eval_items, per_item, versus, seed)
-        ablations = None
-        if cfg.compose.get("ablations"):
-            from fvtrain.composition.ablation import run_ablations
-
-            if train_scores is None:
-                raise ConfigError("compose.ablations vary the affine combiner: use composition=affine")
-            task = bar.add_task("ablations", total=None)
-            ablations = run_ablations(cfg, lm, bank, eval_items, scores, train_items, train_scores,
-                                      results[main_name], template, seed, out)
-            bar.update(task, total=1, completed=1)
         oracle_info = None
         if cfg.compose.oracle_search:
             oracle_info = _oracle_search(lm, eval_items, vectors, bank.names, layer, template, bs, methods)
@@ -318,10 +299,15 @@ def run(cfg: DictConfig, out: Path | str, lm: ModelLike, basis: Path | str | Non
         metrics["combiner"] = combiner_info
     if oracle_info is not None:
         metrics["oracle_search"] = oracle_info
-    if ablations is not None:
-        metrics["ablations"] = ablations
     metrics = runs.write_metrics(out, "compose", metrics)
     _figure(methods, out / runs.FIGURES / FIGURE, main_name, bank)
+    if cfg.compose.get("ablations"):
+        # After the main results are on disk: the variants take a while on a large bank.
+        from fvtrain.composition.ablation import run_ablations
+
+        ablations = run_ablations(cfg, lm, bank, eval_items, scores, train_items, train_scores,
+                                  results[main_name], template, seed, out)
+        metrics = runs.write_metrics(out, "compose", {**metrics, "ablations": ablations})
     return ComposeResult("compose", out, metrics, bank=Path(bank.path), scheme=main_name)
 
 
@@ -378,17 +364,6 @@ def _figure(methods: dict, path: Path, main_name: str, bank) -> None:
                      f"Analogies with composite vectors ({main_name}; {len(bank)} basis vectors)")
 
 
-def _trainer_factory(train_cfg: DictConfig, lm):
-    from hydra.utils import instantiate
-
-    acc, dev = train_cfg.trainer.accelerator, train_cfg.trainer.devices
-    if acc is None:
-        acc = "gpu" if lm.device.type == "cuda" else "cpu"
-    if dev is None:
-        dev = [lm.device.index or 0] if lm.device.type == "cuda" else 1
-    return instantiate(train_cfg.trainer, accelerator=acc, devices=dev)
-
-
 def _train_affine(cfg, combiner, lm, bank, train_items, source, template, seed, out, bar):
     """Fit the combiner; returns ``(info, the training analogies that encode, their scores)``."""
     from fvtrain.artifacts import save_tensors
@@ -409,7 +384,7 @@ def _train_affine(cfg, combiner, lm, bank, train_items, source, template, seed, 
     data = AnalogyDataModule(train_items, s, lm.tokenizer, template, int(t_cfg.batch_size),
                               float(t_cfg.val_fraction), seed, prefix_cache=lm.prefix_cache)
     log.info("training the affine combiner on %d analogies (%s)", len(train_items), source)
-    info = fit_combiner(combiner, data, _trainer_factory(t_cfg, lm), out)
+    info = fit_combiner(combiner, data, trainer_factory(t_cfg, lm), out)
     save_tensors(out / COMBINER, {"W": combiner.matrix().detach(), "b": combiner.b.detach(),
                                    "temperature": combiner.log_tau.detach().exp().reshape(1)})
     combiner.eval()

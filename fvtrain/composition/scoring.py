@@ -92,6 +92,16 @@ def score_pairs(
     template = template or PromptTemplate()
     if not pairs:
         return torch.empty(0, len(bank))
+    # A source pair shared by several analogies (Google's sections, training analogies drawn from a
+    # few train pairs) is scored once: every row of the batched pass is a full N-vector forward.
+    unique = list(dict.fromkeys(pairs))
+    if len(unique) < len(pairs):
+        at = {p: i for i, p in enumerate(unique)}
+        done = score_pairs(lm, unique, bank, layer, template, batch_size, max_rows,
+                           progress=None if progress is None else (lambda n: None), tokens=tokens)
+        if progress is not None:
+            progress(len(pairs))
+        return done[[at[p] for p in pairs]]
     # Pairs with targets of equal token length share a forward: no padded target columns.
     tok = lm.tokenizer
     lengths = [len(tok(template.target(b), add_special_tokens=False)["input_ids"]) for _, b in pairs]

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 import torch
+from omegaconf import DictConfig
 
 from fvtrain import runs
 from fvtrain.composition.bank import BasisBank
@@ -68,15 +69,22 @@ def analogies_from_pairs(
     pairs: Mapping[str, Sequence[Pair]],
     per_relation: int,
     seed: int = 0,
+    sources_per_relation: int | None = None,
 ) -> list[AnalogyItem]:
     """Up to ``per_relation`` analogies ``A:B :: C:D`` from each relation's pairs, ``A != C``.
 
     Pairs of pairs are drawn without replacement with a per-relation seeded stream, so the set
-    depends only on the pairs, the relation name and the seed.
+    depends only on the pairs, the relation name and the seed. ``sources_per_relation`` draws the
+    A:B pairs from that many train pairs only (seeded): every distinct A:B costs a forward of the
+    whole bank, the C:D side is cheap, so few sources buy many analogies on a large bank.
     """
     out: list[AnalogyItem] = []
     for name, ps in pairs.items():
-        cands = [(i, j) for i in range(len(ps)) for j in range(len(ps))
+        sources = range(len(ps))
+        if sources_per_relation is not None and int(sources_per_relation) < len(ps):
+            pick = random.Random(f"fvtrain-combiner-sources\0{seed}\0{name}")
+            sources = sorted(pick.sample(range(len(ps)), int(sources_per_relation)))
+        cands = [(i, j) for i in sources for j in range(len(ps))
                  if i != j and ps[i].x != ps[j].x and ps[i].y not in ps[j].answers]
         rng = random.Random(f"fvtrain-combiner\0{seed}\0{name}")
         for i, j in rng.sample(cands, min(per_relation, len(cands))):
@@ -123,3 +131,28 @@ def fit_combiner(
         info.update(best_checkpoint=ckpt.best_model_path, best_score=float(ckpt.best_model_score),
                     monitor=ckpt.monitor)
     return info
+
+
+def scheme_kwargs(c_cfg: DictConfig, n_basis: int) -> dict:
+    """``n_basis``, plus the optimiser / scheduler of a trained scheme (``composition.optim``)."""
+    from hydra.utils import instantiate
+
+    kw: dict = {"n_basis": n_basis}
+    o = c_cfg.get("optim")  # only trained schemes have one
+    if o is not None:
+        kw["optimizer"] = instantiate(o.optimizer)
+        kw["scheduler"] = instantiate(o.scheduler) if o.scheduler is not None else None
+        kw["interval"] = str(o.interval)
+    return kw
+
+
+def trainer_factory(train_cfg: DictConfig, lm):
+    """The combiner's Trainer (a Hydra ``_partial_`` node), on the frozen LM's device by default."""
+    from hydra.utils import instantiate
+
+    acc, dev = train_cfg.trainer.accelerator, train_cfg.trainer.devices
+    if acc is None:
+        acc = "gpu" if lm.device.type == "cuda" else "cpu"
+    if dev is None:
+        dev = [lm.device.index or 0] if lm.device.type == "cuda" else 1
+    return instantiate(train_cfg.trainer, accelerator=acc, devices=dev)

@@ -25,14 +25,21 @@ def completion(
     layer: int | None = None,
     batch_size: int = 32,
 ) -> dict[str, float]:
-    """Top-1 first-token accuracy (any accepted answer) and mean P(first target token)."""
+    """Top-1 first-token accuracy (any accepted answer) with its 95% bootstrap interval, mean
+    P(first target token), and every item's outcome (``correct``, 0/1 in prompt order: intervals
+    over relations and paired differences need them)."""
+    from fvtrain.evaluation import stats
+
     acc, prob = MeanMetric(), MeanMetric()
+    correct: list[int] = []
     for i in range(0, len(prompts), batch_size):
         b = make_batch(lm.tokenizer, prompts[i : i + batch_size], answers[i : i + batch_size])
         s = lm.score(b, vector=vector, layer=layer)
         acc.update(s.correct.float().cpu())
         prob.update(s.first_prob.cpu())
-    return {"acc": float(acc.compute()), "prob": float(prob.compute()), "n": len(prompts)}
+        correct += [int(c) for c in s.correct.tolist()]
+    return {"acc": float(acc.compute()), "prob": float(prob.compute()), "n": len(prompts),
+            "acc_ci": stats.mean_ci(correct), "correct": correct}
 
 
 def layer_sweep(

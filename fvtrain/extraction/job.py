@@ -202,8 +202,10 @@ def evaluate_relation(
     sweep: bool = True,
     pairs: str = "test",
     batch_size: int = 32,
+    shuffled: bool = True,
 ) -> dict:
-    """Zero-shot and shuffled-ICL accuracy without/with the vector, clean ICL, layer sweep."""
+    """Zero-shot and (``shuffled``) shuffled-ICL accuracy without/with the vector, clean ICL, layer
+    sweep. The shuffled prompts are drawn either way, so the other prompts never depend on it."""
     rng = random.Random(f"{seed}-{split.relation}-eval")
     test = list(split[pairs])
     train = list(split.train)
@@ -214,13 +216,14 @@ def evaluate_relation(
     clean = [icl(template, d, p.x) for d, p in zip(demos, test)]
     out = {
         "zero_shot": {"none": completion(lm, zs, answers, batch_size=batch_size)},
-        "shuffled_icl": {"none": completion(lm, shuf, answers, batch_size=batch_size)},
+        "shuffled_icl": {"none": completion(lm, shuf, answers, batch_size=batch_size)} if shuffled else {},
         "icl": completion(lm, clean, answers, batch_size=batch_size),
         "n": len(test),
     }
     if vector is not None:
         out["zero_shot"]["fv"] = completion(lm, zs, answers, vector, layer, batch_size)
-        out["shuffled_icl"]["fv"] = completion(lm, shuf, answers, vector, layer, batch_size)
+        if shuffled:
+            out["shuffled_icl"]["fv"] = completion(lm, shuf, answers, vector, layer, batch_size)
         if sweep:
             out["layer_sweep"] = layer_sweep(lm, zs, answers, vector)
     return out
@@ -274,6 +277,28 @@ def summarise(per_relation: dict[str, dict]) -> dict:
         out[mode] = {m: mean([r[mode][m]["acc"] for r in rels if m in r[mode]])
                      for m in ("none", "fv")}
     out["icl"] = mean([r["icl"]["acc"] for r in rels])
+    out["intervals"] = intervals(per_relation)
+    return out
+
+
+def intervals(per_relation: dict[str, dict]) -> dict:
+    """Bootstrap intervals of the means over relations (items resampled within each relation) and
+    the paired differences FV - none, from the per-item outcomes :func:`completion` keeps."""
+    from fvtrain.evaluation import stats
+
+    out: dict = {}
+    for mode in ("zero_shot", "shuffled_icl"):
+        rels = [r for r in per_relation.values() if all("correct" in r[mode].get(m, {}) for m in ("none", "fv"))]
+        if not rels:
+            continue
+        groups = [i for i, r in enumerate(rels) for _ in r[mode]["none"]["correct"]]
+        res = stats.compare({m: [c for r in rels for c in r[mode][m]["correct"]] for m in ("none", "fv")},
+                            groups, [("none", "fv")])
+        out[mode] = {"mean": {m: v["acc_ci"] for m, v in res["methods"].items()}, **res["differences"]}
+    icl = [r["icl"] for r in per_relation.values() if "correct" in r["icl"]]
+    if icl:
+        out["icl"] = {"mean": stats.mean_ci([c for r in icl for c in r["correct"]],
+                                            [i for i, r in enumerate(icl) for _ in r["correct"]])}
     return out
 
 
@@ -349,7 +374,8 @@ def run(cfg: DictConfig, out: Path, lm: ModelLike) -> ExtractResult:
             else:
                 ex = extract_relation(lm, split, ex_cfg, template, seed, layer, progress=bar, heads=universal)
             ex.metrics = evaluate_relation(lm, split, ex.vector, layer, template,
-                                           int(ex_cfg.n_shots), seed, sweep=bool(ex_cfg.layer_sweep))
+                                           int(ex_cfg.n_shots), seed, sweep=bool(ex_cfg.layer_sweep),
+                                           shuffled=bool(ex_cfg.get("eval_shuffled", True)))
             ex.metrics["heads"] = [[l, h, a] for l, h, a in ex.heads]
             ex.metrics["layer"] = layer
             save_extracted(out, lm, ex, split, template, ex_cfg, seed)

@@ -40,6 +40,7 @@ NO_METRICS = ("no metrics.json under {path}: give a run folder written by fvtrai
               "or a multirun folder (its numbered job folders hold metrics.json and .hydra/overrides.yaml)")
 MAX_LIST = 64  # lists of scalars up to this length become indexed CSV columns
 METHOD_KEYS = ("none", "fv", "ffv", "cfv", "icl", "one_shot", "zero_shot", "shuffled_icl", "random")
+PER_ITEM = {"correct"}  # per-item outcome lists: in metrics.json, not one CSV column per item
 SKIP_KEYS = {"layer_sweep", "heads", "history", "curves", "model", "config"}
 PRETTY = {
     "zero_shot/none": "0-shot", "zero_shot/fv": "0-shot+FV", "zero_shot/ffv": "0-shot+FFV",
@@ -202,7 +203,8 @@ def flatten(obj: Any, prefix: str = "", out: dict | None = None) -> dict[str, An
     out = {} if out is None else out
     if isinstance(obj, dict):
         for k, v in obj.items():
-            flatten(v, f"{prefix}.{k}" if prefix else str(k), out)
+            if k not in PER_ITEM:
+                flatten(v, f"{prefix}.{k}" if prefix else str(k), out)
     elif isinstance(obj, (list, tuple)):
         if len(obj) <= MAX_LIST and all(_scalar(v) for v in obj):
             for i, v in enumerate(obj):
