@@ -82,7 +82,10 @@ def test_cli_run_folder(fv_run, tmp_path):
             assert len(keys) == len(set(keys)) == n_items
         c = out[f"zero_shot/{meth}"]["correct"]
         assert abs(sum(c) - sum(table["relations"][r][meth] * m["relations"][r]["n_test"] for r in rels)) < 1e-4
-    assert "icl" not in out  # reused from the extraction run, which keeps no per-item outcomes
+    # ICL reused from the extraction run comes with its per-item outcomes, on the same test pairs.
+    assert out["icl"]["key"] == out["zero_shot/ffv"]["key"]
+    assert abs(sum(out["icl"]["correct"]) - sum(table["relations"][r]["icl"] * m["relations"][r]["n_test"]
+                                                 for r in rels)) < 1e-4
     ci = table["intervals"]
     for meth in ("none", "fv", "ffv", "ffv_random"):
         lo, hi = ci["mean"][meth]
@@ -90,6 +93,7 @@ def test_cli_run_folder(fv_run, tmp_path):
         for r in rels:
             lo, hi = ci["relations"][r][meth]
             assert lo - 1e-6 <= table["relations"][r][meth] <= hi + 1e-6
+    assert ci["differences"]["ffv - icl"]["n"] == n_items
     d = ci["differences"]["ffv - fv"]
     assert abs(d["diff"] - (table["mean"]["ffv"] - table["mean"]["fv"])) < 1e-6 and d["n"] == n_items
     assert d["ci"][0] <= d["diff"] <= d["ci"][1]

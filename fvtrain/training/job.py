@@ -356,6 +356,8 @@ def run(cfg: DictConfig, out: Path, lm: ModelLike, fv_source: Path | str | None 
 
         add_column(metrics, out / runs.OUTCOMES, out / FOLDER / runs.OUTCOMES, relations)
         metrics["soft_prompt"] = soft
+    if (out / runs.OUTCOMES).is_file() and any("correct" in v for v in icl_reused.values()):
+        add_reused_icl(out / runs.OUTCOMES, icl_reused, relations)
     if (out / runs.OUTCOMES).is_file() and "zero_shot" in test_modes:
         from fvtrain.artifacts import read_json
         from fvtrain.training.metrics import completion_intervals
@@ -546,7 +548,27 @@ def reusable_icl(manifests: dict, hashes: dict, template, seed: int, n_shots: in
                 and man.get("seed") == seed and int(man.get("n_shots", -1)) == n_shots):
             out[r] = {"acc": icl.get("acc"), "prob": icl.get("prob"), "n": icl.get("n"),
                       "source": "extraction"}
+            if icl.get("correct") is not None:  # per-item outcomes, in test-split order
+                out[r]["correct"] = list(icl["correct"])
     return out
+
+
+def add_reused_icl(path: Path, icl_reused: dict, relations: list[str]) -> None:
+    """Put the extraction's per-item ICL outcomes into ``test_outcomes.json`` (keys as the test
+    loop's: the pair's position in the test split), so ICL gets intervals and paired differences."""
+    from fvtrain.artifacts import read_json, write_json
+    from fvtrain.training.metrics import ITEM_STRIDE
+
+    data = read_json(path)
+    o = data["outcomes"].setdefault("icl", {"key": [], "correct": []})
+    for i, r in enumerate(relations):
+        for j, c in enumerate((icl_reused.get(r) or {}).get("correct") or []):
+            o["key"].append(i * ITEM_STRIDE + j)
+            o["correct"].append(float(c))
+    order = sorted(range(len(o["key"])), key=o["key"].__getitem__)
+    o["key"], o["correct"] = [o["key"][k] for k in order], [o["correct"][k] for k in order]
+    if o["key"]:
+        write_json(path, data)
 
 
 def _f32(x: float) -> float:
