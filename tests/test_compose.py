@@ -572,7 +572,9 @@ def test_compose_job_takes_the_bank_folder_and_leaves_the_config_alone(tmp_path,
     assert list(saved["methods"]) == ["none", "softmax"]
     table = analogy_table(saved)
     assert [r[0] for r in table.rows] == ["none", "softmax"] and "4 items" in table.title
-    assert table.rows[1][4] == pytest.approx(saved["methods"]["softmax"]["mc"]["all"]["acc"])
+    mc = saved["methods"]["softmax"]["mc"]["all"]
+    assert table.rows[1][4] == f"{mc['acc']:.2f} [{mc['acc_ci'][0]:.2f},{mc['acc_ci'][1]:.2f}]"
+    assert analogy_table(saved, ci="none").rows[1][4] == pytest.approx(mc["acc"])
 
 
 # -- ablation options: score type, the map's form ---------------------------------------------------

@@ -38,7 +38,8 @@ def _overridden_groups(group: str, option: str) -> list[str]:
     """Groups an option overrides in its own defaults (``override /data: paper``)."""
     defaults = OmegaConf.to_container(OmegaConf.load(CONF / group / f"{option}.yaml")).get("defaults", [])
     keys = [next(iter(d)) for d in defaults if isinstance(d, dict)]
-    return [k.split()[1].lstrip("/") for k in keys if k.startswith("override ")]
+    inherited = [g for d in defaults if isinstance(d, str) and d != "_self_" for g in _overridden_groups(group, d)]
+    return [k.split()[1].lstrip("/") for k in keys if k.startswith("override ")] + inherited
 
 
 @pytest.mark.parametrize("group,option", list(_group_options()))
