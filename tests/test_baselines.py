@@ -66,15 +66,20 @@ def test_task_vector_and_mean_diff_equal_hand_recorded_means(family):
         assert float(base.residual_norm[i]) == pytest.approx(rms, rel=1e-4)
 
 
-def test_block_output_stops_early_and_equals_full_forward(tiny_llama):
+def test_block_output_equals_full_forward(tiny_llama):
     prompts = ["Q: hot\nA:", "Q: the quick brown fox\nA:"]
     b = make_batch(tiny_llama.tokenizer, prompts, ["x", "y"])
     # Left-padded batch: a plain forward counts pads as positions, so compare with one prompt each.
     torch.testing.assert_close(tiny_llama.block_output(b.prompt_ids, b.prompt_mask, 0),
                                _by_hand(tiny_llama, prompts, 0).float(), atol=1e-5, rtol=1e-5)
     one = make_batch(tiny_llama.tokenizer, prompts[:1], ["x"])
+    # A model of its own: output_hidden_states leaves transformers' capture hooks on the model, and
+    # tiny_llama is shared with tests that count hooks.
+    from fvtrain.models import load_model
+
+    other = load_model("tiny-llama")
     with torch.no_grad():
-        hs = tiny_llama.model(input_ids=one.prompt_ids, output_hidden_states=True).hidden_states
+        hs = other.model(input_ids=one.prompt_ids, output_hidden_states=True).hidden_states
     torch.testing.assert_close(tiny_llama.block_output(one.prompt_ids, one.prompt_mask, 1)[0], hs[2][0, -1].float())
 
 

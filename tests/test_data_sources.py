@@ -90,7 +90,8 @@ def test_the_paper_bank_from_the_real_data_sets_has_over_110_relations():
     from omegaconf import OmegaConf
 
     root = Path(__file__).resolve().parents[1]
-    cfg = OmegaConf.merge({"shared_data": str(SHARED)}, {"data": OmegaConf.load(root / "conf/data/paper.yaml")})
+    exp = OmegaConf.load(root / "conf/experiment/paper.yaml")
+    cfg = OmegaConf.merge(exp, {"shared_data": str(SHARED)})
     ds = read_sources(OmegaConf.to_container(cfg.data.sources, resolve=True), cfg.data.max_pairs)
     assert len(ds.relations) >= 110
     first = {r.source["sources"][0]["source"] for r in ds.relations.values()}

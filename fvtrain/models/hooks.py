@@ -239,18 +239,10 @@ def replace(adapter: Adapter, vectors: torch.Tensor, layer: int, positions: Posi
         handle.remove()
 
 
-class StopForward(Exception):
-    """Raised by :func:`record_block_output` with ``stop``: nothing above the recorded block is needed."""
-
-
 @contextmanager
-def record_block_output(adapter: Adapter, layer: int, positions: Positions = None,
-                        stop: bool = False) -> Iterator[dict]:
+def record_block_output(adapter: Adapter, layer: int, positions: Positions = None) -> Iterator[dict]:
     """Yield ``{"output": [B, d_model]}``: block ``layer``'s output (the residual stream where vectors
     are injected) at each row's position (default the last column), filled by the next forward.
-
-    With ``stop`` the forward is cut short by :class:`StopForward` once the block has run (the
-    caller catches it): the blocks above and the unembedding would be wasted work.
     """
     adapter.check_layer(layer)
     out: dict = {"output": None}
@@ -259,8 +251,6 @@ def record_block_output(adapter: Adapter, layer: int, positions: Positions = Non
         hidden = output[0] if isinstance(output, tuple) else output
         cols = _columns(positions, hidden.shape[0], hidden.shape[1], hidden.device)
         out["output"] = hidden[torch.arange(hidden.shape[0], device=hidden.device), cols].detach()
-        if stop:
-            raise StopForward
 
     handle = adapter.block(layer).register_forward_hook(hook)
     try:

@@ -331,13 +331,11 @@ class FrozenLM:
 
     def block_output(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, layer: int) -> torch.Tensor:
         """``[B, d_model]`` block ``layer``'s output at the last column (the residual stream where
-        vectors are added), float32 on the CPU. Only blocks ``0..layer`` run."""
+        vectors are added), float32 on the CPU. The whole body runs: cutting the forward short with
+        an exception left transformers' output-capturing hooks on the model."""
         layer = self.check_layer(layer)
-        with torch.no_grad(), hooks.record_block_output(self.adapter, layer, stop=True) as rec:
-            try:
-                self.body(input_ids, attention_mask)
-            except hooks.StopForward:
-                pass
+        with torch.no_grad(), hooks.record_block_output(self.adapter, layer) as rec:
+            self.body(input_ids, attention_mask)
         if rec["output"] is None:
             raise RuntimeError(f"block {layer} of {self.model_type} did not run; its output was not recorded")
         return rec["output"].float().cpu()
