@@ -91,12 +91,9 @@ def _p_value(x: torch.Tensor, y: torch.Tensor, stat: str) -> float | None:
 
 
 def _ci(samples: torch.Tensor, level: float) -> list[float] | None:
-    s = samples[~torch.isnan(samples)]
-    if s.numel() < 2:
-        return None
-    a = (1 - level) / 2
-    q = torch.quantile(s, torch.tensor([a, 1 - a], dtype=s.dtype))
-    return [float(q[0]), float(q[1])]
+    from fvtrain.evaluation.stats import percentile
+
+    return percentile(samples, level)  # the one percentile interval (NaN resamples dropped)
 
 
 def bootstrap_indices(n: int, n_boot: int, seed: int) -> torch.Tensor:
