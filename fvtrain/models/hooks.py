@@ -54,6 +54,14 @@ def inject(
     edited: under ``generate()`` that is the prompt, so only its last position changes and the
     new tokens see the edit through the cache.
     """
+    with _edit_block_output(adapter, layer, vectors, positions, rows, first_call_only, accumulate=True):
+        yield
+
+
+@contextmanager
+def _edit_block_output(adapter: Adapter, layer: int, vectors: torch.Tensor, positions: Positions,
+                       rows: torch.Tensor | None, first_call_only: bool, accumulate: bool) -> Iterator[None]:
+    """The hook behind :func:`inject` (``accumulate``: add) and :func:`replace` (overwrite)."""
     block = adapter.block(layer)
     calls = 0
 
@@ -70,7 +78,7 @@ def inject(
         if v.dim() == 1:
             v = v.expand(len(r), -1)
         # Out of place, so autograd can flow into the vector and the frozen output is untouched.
-        hidden = hidden.index_put((r, cols), v, accumulate=True)
+        hidden = hidden.index_put((r, cols), v, accumulate=accumulate)
         if isinstance(output, tuple):
             return (hidden,) + tuple(output[1:])
         return hidden
@@ -222,21 +230,8 @@ def replace(adapter: Adapter, vectors: torch.Tensor, layer: int, positions: Posi
     """Overwrite block ``layer``'s output at each row's position (default the last column) with
     ``vectors`` (``[d_model]`` or ``[B, d_model]``): Hendel et al.'s task-vector patching, where
     :func:`inject` adds."""
-    block = adapter.block(layer)
-
-    def hook(module, args, output):
-        hidden = output[0] if isinstance(output, tuple) else output
-        b, t, _ = hidden.shape
-        cols = _columns(positions, b, t, hidden.device)
-        v = vectors.to(device=hidden.device, dtype=hidden.dtype)
-        hidden = hidden.index_put((torch.arange(b, device=hidden.device), cols), v.expand(b, -1))
-        return (hidden,) + tuple(output[1:]) if isinstance(output, tuple) else hidden
-
-    handle = block.register_forward_hook(hook)
-    try:
+    with _edit_block_output(adapter, layer, vectors, positions, None, False, accumulate=False):
         yield
-    finally:
-        handle.remove()
 
 
 @contextmanager
