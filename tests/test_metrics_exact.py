@@ -10,6 +10,7 @@ stay near chance there.
 from __future__ import annotations
 
 import logging
+from contextlib import nullcontext
 
 import pytest
 import torch
@@ -21,6 +22,7 @@ from fvtrain.evaluation.relation import (
     answer_line,
     completion,
     exact_match,
+    exact_match_methods,
     first_token_degeneracy,
     is_exact,
     warn_if_degenerate,
@@ -98,13 +100,13 @@ def test_injection_edits_only_the_prompts_last_position(family):
     n_new = 5
     got = exact_match(lm, prompts, [["x"]] * 3, vecs, layer, max_new_tokens=n_new).raw
 
-    def manual(prompt, vec, every_step_last: bool = False):
+    def manual(prompt, vec, every_step_last: bool = False, n_new=n_new):
         ids = encode_prompt(lm.tokenizer, prompt)
         P, new = len(ids), []
         for _ in range(n_new):
             x = torch.tensor([ids + new])
             pos = x.shape[1] - 1 if every_step_last else P - 1
-            with torch.no_grad(), lm.inject(vec, layer, positions=pos):
+            with torch.no_grad(), lm.inject(vec, layer, positions=pos) if vec is not None else nullcontext():
                 logits = lm.forward(x, torch.ones_like(x)).logits[0, -1]
             t = int(logits.argmax())
             if t == lm.tokenizer.eos_token_id:
@@ -118,6 +120,18 @@ def test_injection_edits_only_the_prompts_last_position(family):
     # The check has teeth: editing the newest position on every step generates something else.
     assert got != [manual(p, v, every_step_last=True) for p, v in zip(prompts, vecs)]
     assert got != exact_match(lm, prompts, [["x"]] * 3, max_new_tokens=n_new).raw
+
+    # Several methods in one pass (rows b * M + m off one prefix; rows leave the batch as they finish,
+    # here at per-item budgets of 1 + 2, 4 + 2 and 2 + 2 tokens) equal each method decoded alone.
+    answers = [["x"], ["x" * 4], ["x" * 2]]
+    budgets = [len(lm.tokenizer(" " + a[0], add_special_tokens=False)["input_ids"]) + 2 for a in answers]
+    assert len(set(budgets)) == 3
+    many = exact_match_methods(lm, prompts, answers, {"none": None, "rows": vecs, "shared": vecs[1]}, layer,
+                               batch_size=2)
+    assert many["none"].raw == [manual(p, None, n_new=n) for p, n in zip(prompts, budgets)]
+    assert many["rows"].raw == [manual(p, v, n_new=n) for p, v, n in zip(prompts, vecs, budgets)]
+    assert many["shared"].raw == [manual(p, vecs[1], n_new=n) for p, n in zip(prompts, budgets)]
+    assert many["rows"].raw != many["shared"].raw
 
 
 # -- the random model: first-token metrics are gamed, exact match is not ---------------------------------

@@ -118,6 +118,28 @@ def test_test_rows_equal_separate_passes(tiny_llama):
     torch.testing.assert_close(rows[:, 0], plain, rtol=1e-5, atol=1e-5)  # "none" = no vector
 
 
+def test_zero_shot_exact_decodes_every_relation_and_method_in_one_pass(tiny_llama):
+    """The training stage's exact match runs all relations and methods through one
+    exact_match_methods pass (equal to each method alone: tests/test_metrics_exact.py); every
+    prompt's row carries its own relation's vector of each method."""
+    from fvtrain.training.job import exact_rows, zero_shot_exact
+
+    m = _module(tiny_llama)
+    m.set_random_baseline(m.vectors.detach() * -1)
+    splits = {r: _split(r, n_test=3 + i, offset=3 * i) for i, r in enumerate(m.relations)}
+    prompts, answers, groups, vectors = exact_rows(m, splits, T)
+    assert groups == ["a"] * 3 + ["b"] * 4 + ["c"] * 5 and vectors["none"] is None
+    assert prompts == [zero_shot(T, p.x) for r in m.relations for p in splits[r].test]
+    assert answers == [list(p.answers) for r in m.relations for p in splits[r].test]
+    for k, r in enumerate(groups):
+        i = m.relations.index(r)
+        names, vecs = m.method_vectors(torch.tensor([i]))
+        for j, name in enumerate(names[1:], 1):
+            assert torch.equal(vectors[name][k], vecs[j].detach()), (k, name)
+    got = zero_shot_exact(m, tiny_llama, splits, T, batch_size=4, seed=0)
+    assert got["methods"] == names and got["n"] == 12 and set(got["relations"]) == set(m.relations)
+
+
 def test_state_dict_and_pickle_hold_no_frozen_model(tiny_llama):
     m = _module(tiny_llama)
     keys = set(m.state_dict())

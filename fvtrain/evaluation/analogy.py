@@ -265,12 +265,12 @@ def evaluate_methods(
                     mc[idx[row]] = float(k == it.answer_index)
     out = {n: ItemResults(ok, mc, pred, [tok.decode([t]) for t in top]) for n, (ok, mc, pred, top) in res.items()}
     if exact and items:
-        from fvtrain.evaluation.relation import exact_match
+        from fvtrain.evaluation.relation import exact_match_methods
 
         prompts = [_prompt(template, prompt, it, it.c) for it in items]
-        for n, v in methods.items():
-            em = exact_match(lm, prompts, [list(it.d) for it in items], v, layer if v is not None else None,
-                             batch_size=batch_size, template=template)
+        ems = exact_match_methods(lm, prompts, [list(it.d) for it in items], methods, layer,
+                                  batch_size=batch_size, template=template)
+        for n, em in ems.items():
             out[n].open_exact, out[n].open_text = em.correct, em.texts
     return out
 

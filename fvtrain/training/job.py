@@ -436,6 +436,31 @@ def baseline_metrics(base) -> dict:
     }
 
 
+def exact_rows(module, splits: dict, template) -> tuple[list[str], list[list[str]], list[str], dict]:
+    """Every relation's zero-shot test prompts in one list, with their answers, relations and each
+    method's vector repeated per prompt (``None`` for ``none``): one greedy pass then decodes all
+    methods of a chunk of prompts together (:func:`~fvtrain.evaluation.relation.exact_match_methods`)."""
+    from fvtrain.prompts import zero_shot
+
+    prompts: list[str] = []
+    answers: list[list[str]] = []
+    groups: list[str] = []
+    rows: dict[str, list[torch.Tensor]] = {m: [] for m in module.methods()}
+    for i, r in enumerate(module.relations):
+        test = splits[r].test
+        if not test:
+            continue
+        prompts += [zero_shot(template, p.x) for p in test]
+        answers += [list(p.answers) for p in test]
+        groups += [r] * len(test)
+        names, vecs = module.method_vectors(torch.tensor([i]))
+        for j, m in enumerate(names):
+            if m != "none":
+                rows[m].append(vecs[j].detach().float().cpu().expand(len(test), -1))
+    vectors = {m: torch.cat(rows[m]) if rows[m] else None for m in rows}
+    return prompts, answers, groups, vectors
+
+
 def zero_shot_exact(module, lm, splits: dict, template, batch_size: int, seed: int) -> dict:
     """Exact match of the whole answer on every relation's zero-shot test prompts, per test method.
 
@@ -447,32 +472,18 @@ def zero_shot_exact(module, lm, splits: dict, template, batch_size: int, seed: i
     ``zero_shot_acc``, with stratified bootstrap intervals (:mod:`fvtrain.evaluation.stats`).
     """
     from fvtrain.evaluation import stats
-    from fvtrain.evaluation.relation import exact_match, first_token_degeneracy, warn_if_degenerate
-    from fvtrain.prompts import zero_shot
+    from fvtrain.evaluation.relation import exact_match_methods, first_token_degeneracy, warn_if_degenerate
 
     t0 = time.time()
     methods = module.methods()
-    outcomes: dict[str, list[torch.Tensor]] = {m: [] for m in methods}
+    prompts, every_answer, groups, vectors = exact_rows(module, splits, template)
+    ems = exact_match_methods(lm, prompts, every_answer, vectors, module.layer, batch_size=batch_size,
+                              template=template)
+    cols = {m: ems[m].correct if groups else torch.zeros(0) for m in methods}
     per: dict[str, dict] = {}
-    groups: list[str] = []
-    every_answer: list[list[str]] = []
-    for i, r in enumerate(module.relations):
-        test = splits[r].test
-        if not test:
-            continue
-        prompts = [zero_shot(template, p.x) for p in test]
-        answers = [list(p.answers) for p in test]
-        names, vecs = module.method_vectors(torch.tensor([i]))
-        per[r] = {}
-        for j, m in enumerate(names):
-            v = None if m == "none" else vecs[j].detach().float().cpu()
-            em = exact_match(lm, prompts, answers, v, module.layer if v is not None else None,
-                             batch_size=batch_size, template=template)
-            outcomes[m].append(em.correct)
-            per[r][m] = em.acc
-        groups += [r] * len(test)
-        every_answer += answers
-    cols = {m: torch.cat(v) if v else torch.zeros(0) for m, v in outcomes.items()}
+    for r in dict.fromkeys(groups):
+        at = torch.tensor([g == r for g in groups])
+        per[r] = {m: float(cols[m][at].mean()) for m in methods}
     pairs = [(a, "ffv") for a in methods if a != "ffv"]
     cmp = stats.compare(cols, groups, pairs, seed=seed)
     degeneracy = first_token_degeneracy(lm.tokenizer, every_answer, template)
