@@ -106,3 +106,39 @@ def test_residual_contributions_sum_to_what_the_residual_receives(family):
     if a.spec.attn_out_norm:
         assert lm.adapter.model_type in ("gemma2", "gemma3_text")
     torch.testing.assert_close(contrib, expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3", "gpt2"])
+def test_completion_of_several_methods_in_one_pass_equals_full_forwards(family):
+    """completion_methods (one prefix, the last token once per method, one unembedded column) gives
+    what a full forward per method gives (lm.score: prompt and target, logits at every target
+    column), on left-padded 3-shot and zero-shot prompts."""
+    from fvtrain.evaluation.relation import completion, completion_methods
+    from fvtrain.prompts import icl, zero_shot
+
+    lm = load_model(f"tiny-{family}")
+    T = PromptTemplate()
+    words = [("hot", "cold"), ("big", "small"), ("up", "down"), ("good", "bad"), ("fast", "slow"),
+             ("open", "close"), ("light", "dark")]
+    rng = random.Random(0)
+    prompts = [zero_shot(T, x) if i % 2 else icl(T, rng.sample(words, 3), x)
+               for i, (x, _) in enumerate(words)]
+    answers = [[y, "dog"] if i == 0 else [y] for i, (_, y) in enumerate(words)]
+    g = torch.Generator().manual_seed(0)
+    rows = torch.randn(len(prompts), lm.d_model, generator=g) * 3
+    methods = {"none": None, "shared": rows[0], "rows": rows}
+    got = completion_methods(lm, prompts, answers, methods, layer=1, batch_size=3)
+    for name, v in methods.items():
+        correct, probs = [], []
+        for i in range(0, len(prompts), 3):
+            b = make_batch(lm.tokenizer, prompts[i:i + 3], answers[i:i + 3])
+            vec = v if v is None or v.dim() == 1 else v[i:i + 3]
+            s = lm.score(b, vector=vec, layer=1 if v is not None else None)
+            correct += s.correct.int().tolist()
+            probs += s.first_prob.tolist()
+        assert got[name]["correct"] == correct, name
+        assert got[name]["acc"] == pytest.approx(sum(correct) / len(correct))
+        assert got[name]["prob"] == pytest.approx(sum(probs) / len(probs), rel=1e-5)
+        assert got[name]["n"] == len(prompts)
+    assert got["rows"]["prob"] != pytest.approx(got["shared"]["prob"], rel=1e-3)
+    assert completion(lm, prompts, answers, rows, 1, batch_size=2)["correct"] == got["rows"]["correct"]

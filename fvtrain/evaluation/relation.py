@@ -4,7 +4,7 @@ answer under greedy decoding, the layer sweep, and a check of when first tokens 
 from __future__ import annotations
 
 import logging
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Iterator, Mapping, Sequence
 
@@ -27,19 +27,68 @@ def completion(
 ) -> dict[str, float]:
     """Top-1 first-token accuracy (any accepted answer) with its 95% bootstrap interval, mean
     P(first target token), and every item's outcome (``correct``, 0/1 in prompt order: intervals
-    over relations and paired differences need them)."""
+    over relations and paired differences need them). ``vector`` (``[d]`` or ``[N, d]``) is added
+    to block ``layer``'s output at the prompt's last token."""
+    return completion_methods(lm, prompts, answers, {"_": vector}, layer, batch_size)["_"]
+
+
+def completion_methods(
+    lm: FrozenLM,
+    prompts: Sequence[str],
+    answers: Sequence[Sequence[str]],
+    methods: Mapping[str, torch.Tensor | None],
+    layer: int | None = None,
+    batch_size: int = 32,
+) -> dict[str, dict]:
+    """:func:`completion` of every method (``None``, ``[d]`` or ``[N, d]``) on the same prompts.
+
+    Only the last prompt token differs between methods, and only its logits are read: each
+    chunk's prefix runs once into a cache, then the last token once per method (rows ``b * M +
+    m``), unembedded at that one column.
+    """
     from fvtrain.evaluation import stats
 
-    acc, prob = MeanMetric(), MeanMetric()
-    correct: list[int] = []
+    names = list(methods)
+    M = len(names)
+    for v in methods.values():
+        if v is not None and layer is None:
+            raise ValueError("a vector needs a layer to be injected at")
+        if v is not None and v.dim() == 2 and len(v) != len(prompts):
+            raise ValueError(f"{len(v)} vectors for {len(prompts)} prompts")
+    acc = {n: MeanMetric() for n in names}
+    prob = {n: MeanMetric() for n in names}
+    correct: dict[str, list[int]] = {n: [] for n in names}
     for i in range(0, len(prompts), batch_size):
         b = make_batch(lm.tokenizer, prompts[i : i + batch_size], answers[i : i + batch_size])
-        s = lm.score(b, vector=vector, layer=layer)
-        acc.update(s.correct.float().cpu())
-        prob.update(s.first_prob.cpu())
-        correct += [int(c) for c in s.correct.tolist()]
-    return {"acc": float(acc.compute()), "prob": float(prob.compute()), "n": len(prompts),
-            "acc_ci": stats.mean_ci(correct), "correct": correct}
+        B = len(b)
+        vecs, rows = [], []
+        for m, n in enumerate(names):
+            v = methods[n]
+            if v is not None:
+                vecs.append(v.expand(B, -1) if v.dim() == 1 else v[i : i + batch_size])
+                rows.append(torch.arange(B) * M + m)
+        edit = lm.inject(torch.cat(vecs), layer, positions=-1, rows=torch.cat(rows)) if vecs else nullcontext()
+        with torch.no_grad():
+            if b.prompt_len > 1:
+                cache = lm.prefix_cache(b.prompt_ids, b.prompt_mask)
+                with edit:
+                    logits = lm.last_token(b.prompt_ids, b.prompt_mask, cache, repeat=M)
+            else:  # nothing to cache
+                ids, mask = (t.repeat_interleave(M, 0) for t in (b.prompt_ids, b.prompt_mask))
+                with edit:
+                    logits = lm.forward(ids, mask).logits[:, -1]
+        logits = logits.float()
+        dev = logits.device
+        tgt = b.target_ids[:, 0].to(dev).repeat_interleave(M)
+        p = logits.log_softmax(-1).gather(-1, tgt.unsqueeze(-1)).squeeze(-1).exp().view(B, M).cpu()
+        firsts = b.first_token_matrix().to(dev).repeat_interleave(M, 0)
+        ok = (logits.argmax(-1).unsqueeze(1) == firsts).any(-1).view(B, M).cpu()
+        for m, n in enumerate(names):
+            acc[n].update(ok[:, m].float())
+            prob[n].update(p[:, m])
+            correct[n] += [int(c) for c in ok[:, m].tolist()]
+    return {n: {"acc": float(acc[n].compute()), "prob": float(prob[n].compute()), "n": len(prompts),
+                "acc_ci": stats.mean_ci(correct[n]), "correct": correct[n]} for n in names}
 
 
 def layer_sweep(

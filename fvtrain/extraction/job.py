@@ -20,7 +20,7 @@ from fvtrain import runs
 from fvtrain.artifacts import file_stem, save_tensors, save_vector
 from fvtrain.data.select import name_list
 from fvtrain.data.splits import Split, split_hash
-from fvtrain.evaluation.relation import completion, layer_sweep
+from fvtrain.evaluation.relation import completion, completion_methods, layer_sweep
 from fvtrain.extraction.activations import mean_head_activations
 from fvtrain.extraction.aie import aie_fast, aie_reference
 from fvtrain.extraction.fv import FV_BIAS, FV_VARIANTS, centred_function_vector, function_vector, top_heads
@@ -214,16 +214,15 @@ def evaluate_relation(
     demos = [sample_demos(train, p.x, n_shots, rng) for p in test]
     shuf = [shuffled_icl(template, d, p.x, rng) for d, p in zip(demos, test)]
     clean = [icl(template, d, p.x) for d, p in zip(demos, test)]
+    # Without and with the vector in one pass per chunk (they share every token but the last).
+    methods = {"none": None} if vector is None else {"none": None, "fv": vector}
     out = {
-        "zero_shot": {"none": completion(lm, zs, answers, batch_size=batch_size)},
-        "shuffled_icl": {"none": completion(lm, shuf, answers, batch_size=batch_size)} if shuffled else {},
+        "zero_shot": completion_methods(lm, zs, answers, methods, layer, batch_size),
+        "shuffled_icl": completion_methods(lm, shuf, answers, methods, layer, batch_size) if shuffled else {},
         "icl": completion(lm, clean, answers, batch_size=batch_size),
         "n": len(test),
     }
     if vector is not None:
-        out["zero_shot"]["fv"] = completion(lm, zs, answers, vector, layer, batch_size)
-        if shuffled:
-            out["shuffled_icl"]["fv"] = completion(lm, shuf, answers, vector, layer, batch_size)
         if sweep:
             out["layer_sweep"] = layer_sweep(lm, zs, answers, vector)
     return out
