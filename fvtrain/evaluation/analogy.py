@@ -163,18 +163,25 @@ def _eval_shared(lm: FrozenLM, items: Sequence[AnalogyItem], template: PromptTem
                 rest_tgt[row, : len(c) - 1] = torch.tensor(c[1:])
                 rest_mask[row, : len(c) - 1] = 1
     out: dict[str, tuple] = {}
+    names = list(methods)
+    NM = len(names)
     with torch.no_grad():
         cache = lm.prefix_cache(ids, mask)
-        for name, vec in methods.items():
-            edit = lm.inject(vec, layer, positions=0) if vec is not None else _null()
-            with edit:
-                o1 = lm.continue_from(cache, ids[:, P - 1 :], mask, logits_to_keep=1)
-            logits = o1.logits[:, -1].float()
+        # The last prompt token of every method in one forward: row b * NM + m carries method m's
+        # vector for item b (methods without one are unedited rows).
+        vecs = [methods[n] for n in names if methods[n] is not None]
+        rows = [torch.arange(B) * NM + m for m, n in enumerate(names) if methods[n] is not None]
+        edit = lm.inject(torch.cat(vecs), layer, positions=0, rows=torch.cat(rows)) if vecs else _null()
+        with edit:
+            o1 = lm.continue_from(cache, ids[:, P - 1 :], mask, repeat=NM, logits_to_keep=1)
+        every = o1.logits[:, -1].float().view(B, NM, -1)
+        for m, name in enumerate(names):
+            logits = every[:, m]
             logp = (logits - logits.logsumexp(-1, keepdim=True)).cpu()
             lp = logp.gather(1, first_tok)  # [B, K]
             if M > 1:
                 # the continuation's own cache (with the edited last token), one copy per candidate
-                c2 = lm.repeat_cache(o1.cache, K)
+                c2 = lm.repeat_cache(lm.cache_rows(o1.cache, torch.arange(B) * NM + m), K)
                 full = torch.cat([mask.repeat_interleave(K, 0), rest_mask], 1)
                 o2 = lm.continue_from(c2, rest_ids, full, logits_to_keep=M - 1)
                 lp = lp + token_logprobs(o2.logits, rest_tgt, rest_mask).cpu().view(B, K)

@@ -275,9 +275,10 @@ def _greedy_batch(lm: FrozenLM, ids: torch.Tensor, mask: torch.Tensor, budget: l
             out = lm.continue_from(cache, ids[:, -1:], mask, repeat=repeat, logits_to_keep=1)
         mask = mask.repeat_interleave(repeat, 0)
         live = [r for r in range(len(budget)) if not done[r]]  # batch row j generates item row live[j]
+        cache = out.cache
         if len(live) < len(budget):
-            _select(out.cache, live, out.logits.device)
-        nxt = out.logits[live if len(live) < len(budget) else slice(None), -1].argmax(-1).cpu()
+            cache = lm.cache_rows(cache, torch.tensor(live))
+        nxt = out.logits[live, -1].argmax(-1).cpu()
         mask = mask[live]
         for _ in range(max(budget, default=0)):
             for j, t in enumerate(nxt.tolist()):
@@ -291,21 +292,14 @@ def _greedy_batch(lm: FrozenLM, ids: torch.Tensor, mask: torch.Tensor, budget: l
             keep = [j for j, r in enumerate(live) if not done[r]]
             if not keep:
                 break
-            cache = out.cache
             if len(keep) < len(live):
-                _select(cache, keep, out.logits.device)
+                cache = lm.cache_rows(cache, torch.tensor(keep))
                 nxt, mask, live = nxt[keep], mask[keep], [live[j] for j in keep]
             mask = torch.cat([mask, torch.ones(len(live), 1, dtype=mask.dtype)], 1)
             out = lm.continue_from(cache, nxt.unsqueeze(1), mask, logits_to_keep=1)
+            cache = out.cache
             nxt = out.logits[:, -1].argmax(-1).cpu()
     return [tok.decode(n, skip_special_tokens=True) for n in new]
-
-
-def _select(cache, rows: list[int], device) -> None:
-    """Keep only ``rows`` of a key/value cache (new tensors: a shared prefix is never written)."""
-    idx = torch.tensor(rows, dtype=torch.long, device=device)
-    for layer in cache.layers:
-        layer.batch_select_indices(idx)
 
 
 # -- when first-token accuracy says little ----------------------------------------------------------

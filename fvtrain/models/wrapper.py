@@ -367,6 +367,15 @@ class FrozenLM:
         return hooks.inject_many(self.adapter, edits)
 
     @staticmethod
+    def cache_rows(cache, rows: torch.Tensor):
+        """A cache holding only ``rows`` of ``cache`` (new tensors; ``cache`` is left as it was)."""
+        c = _fresh_view(cache)
+        for layer in c.layers:
+            keys = getattr(layer, "keys", None)
+            layer.batch_select_indices(rows.to(keys.device) if keys is not None else rows)
+        return c
+
+    @staticmethod
     def repeat_cache(cache, n: int):
         """Repeat every row of a prefix cache ``n`` times in place (row ``b`` -> rows ``b*n..``)."""
         cache.batch_repeat_interleave(n)
