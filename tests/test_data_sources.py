@@ -113,3 +113,23 @@ def test_the_cap_keeps_the_first_sources_pairs_and_tops_them_up(tmp_path):
     assert xs[:3] == ["hot", "up", "big"] and len(xs) == 5 and all(x.startswith("w") for x in xs[3:])
     ds = read_sources([{"path": str(b), "format": "todd"}, {"path": str(a), "format": "todd"}], max_pairs=5)
     assert all(p.x.startswith("w") for p in ds.relations["antonym"].pairs)  # 50 of its own: a sample
+
+
+@pytest.mark.slow
+def test_every_vector_manifest_names_the_sources_of_its_relation(tmp_path):
+    """Extraction and training write each relation's sources (data.sources) into its manifests."""
+    from fvtrain.config import compose
+    from fvtrain.pipeline import pipeline
+
+    todd = tmp_path / "todd"
+    _todd(todd, "opposites", [("wet", "dry"), ("early", "late"), ("full", "empty")])
+    sources = ('data.sources=[{path: builtin, relations: [antonym, country_capital]}, '
+               f'{{path: "{todd}", format: todd, name: todd, same_as: {{opposites: antonym}}}}]')
+    cfg = compose("pipeline", ["debug=smoke", "stages=[extract,train]", "logger=[]", "data.path=null",
+                               sources], output_dir=tmp_path / "run")
+    pipeline(cfg, tmp_path / "run")
+    for folder in ("extract/vectors", "train/bank"):
+        ant = json.loads((tmp_path / "run" / folder / "antonym.json").read_text())["source"]
+        assert [(s["source"], s["name"]) for s in ant["sources"]] == [("builtin", "antonym"), ("todd", "opposites")]
+        cc = json.loads((tmp_path / "run" / folder / "country_capital.json").read_text())["source"]
+        assert [s["name"] for s in cc["sources"]] == ["country_capital"]

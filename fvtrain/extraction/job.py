@@ -229,7 +229,7 @@ def evaluate_relation(
 
 
 def manifest(lm: FrozenLM, ex: Extracted, split: Split, template: PromptTemplate, cfg: DictConfig,
-             seed: int, kind: str = "fv") -> dict:
+             seed: int, kind: str = "fv", source: dict | None = None) -> dict:
     return {
         "kind": kind,
         "relation": ex.relation,
@@ -250,13 +250,15 @@ def manifest(lm: FrozenLM, ex: Extracted, split: Split, template: PromptTemplate
         "split_hash": split_hash(split),
         "seed": seed,
         "metrics": ex.metrics,
+        "source": source or {},  # where the relation's pairs come from (data.sources: each of them)
         "fvtrain_version": __version__,
     }
 
 
 def save_extracted(out: Path, lm: FrozenLM, ex: Extracted, split: Split, template: PromptTemplate,
-                   cfg: DictConfig, seed: int) -> None:
-    save_vector(out / runs.VECTORS, ex.relation, ex.vector, manifest(lm, ex, split, template, cfg, seed))
+                   cfg: DictConfig, seed: int, source: dict | None = None) -> None:
+    save_vector(out / runs.VECTORS, ex.relation, ex.vector,
+                manifest(lm, ex, split, template, cfg, seed, source=source))
     # Relations whose FV uses the universal heads have no AIE of their own: only their means.
     tensors = {"mean": ex.mean} if bool(torch.isnan(ex.aie).all()) else {"aie": ex.aie, "mean": ex.mean}
     if ex.baseline is not None:
@@ -377,7 +379,7 @@ def run(cfg: DictConfig, out: Path, lm: ModelLike) -> ExtractResult:
                                            shuffled=bool(ex_cfg.get("eval_shuffled", True)))
             ex.metrics["heads"] = [[l, h, a] for l, h, a in ex.heads]
             ex.metrics["layer"] = layer
-            save_extracted(out, lm, ex, split, template, ex_cfg, seed)
+            save_extracted(out, lm, ex, split, template, ex_cfg, seed, ds.relations[name].source)
             per_relation[name] = ex.metrics
             if universal is None:
                 aies[name], tops[name] = ex.aie, ex.heads

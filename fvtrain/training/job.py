@@ -378,11 +378,12 @@ def run(cfg: DictConfig, out: Path, lm: ModelLike, fv_source: Path | str | None 
         "times": times,
     })
     if f.save_bank:
+        sources = {r: rel.source for r, rel in ds.relations.items()}
         save_bank(bank, lm, relations, vectors, splits, template, cfg, layer, fv_manifests,
-                  metrics, "ffv", val)
+                  metrics, "ffv", val, sources)
         if random_vectors is not None:
             save_bank(out / runs.BANK_RANDOM, lm, relations, random_vectors, splits, template, cfg, layer,
-                      fv_manifests, metrics, "ffv_random", _best_val(random_module, relations))
+                      fv_manifests, metrics, "ffv_random", _best_val(random_module, relations), sources)
     if base is not None:
         from fvtrain.training.baselines import FOLDER, save_baselines
 
@@ -662,7 +663,7 @@ def collect_metrics(module, res: dict, relations, test_modes, icl_reused, splits
 
 
 def save_bank(folder: Path, lm, relations, vectors, splits, template, cfg, layer, fv_manifests,
-              metrics, kind, val) -> None:
+              metrics, kind, val, sources: dict | None = None) -> None:
     from fvtrain.artifacts import save_vector
     from fvtrain.data.splits import split_hash
 
@@ -679,6 +680,7 @@ def save_bank(folder: Path, lm, relations, vectors, splits, template, cfg, layer
             "loss_target": f.loss.target, "lambda": float(f.loss["lambda"]),
             "train_modes": _list(f.train_modes), "select": f.select,
             "best_epoch": val[r]["best_epoch"], "metrics": {"val": val[r], "test": test},
+            "source": (sources or {}).get(r, {}),  # where the relation's pairs come from (data.sources: each)
             "fvtrain_version": __version__,
         }
         save_vector(folder, r, vectors[i], man)
