@@ -164,6 +164,7 @@ def relation_sources(sets: dict[str, KindVectors], ds) -> dict[str, dict]:
     from omegaconf import OmegaConf
 
     from fvtrain.data.readers import read
+    from fvtrain.data.select import load_relations
 
     names = {n for s in sets.values() for n in s.names}
     out: dict[str, dict] = {}
@@ -173,10 +174,11 @@ def relation_sources(sets: dict[str, KindVectors], ds) -> dict[str, dict]:
         if names <= set(out) or s.run is None or not (s.run / runs.CONFIG).is_file():
             continue
         try:
-            path = OmegaConf.load(s.run / runs.CONFIG).data.path
-            if str(path) == "builtin":
+            data_cfg = OmegaConf.load(s.run / runs.CONFIG).data
+            if not data_cfg.get("sources") and str(data_cfg.path) == "builtin":
                 continue
-            data = read(path)
+            # data.sources too (the paper's bank): every relation keeps its first source's metadata
+            data = load_relations(data_cfg) if data_cfg.get("sources") else read(data_cfg.path)
             out.update({n: dict(r.source) for n, r in data.relations.items() if n in names and n not in out})
         except Exception as err:  # noqa: BLE001 - only used to name relations; never fatal
             log.info("relation titles not read from %s: %s", s.run, err)
