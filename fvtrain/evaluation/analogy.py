@@ -23,6 +23,7 @@ from torchmetrics.aggregation import MeanMetric
 
 from fvtrain.data.types import AnalogyItem
 from fvtrain.errors import ConfigError
+from fvtrain.evaluation.relation import method_rows
 from fvtrain.models.scoring import token_logprobs
 from fvtrain.models.wrapper import FrozenLM
 from fvtrain.prompts import (
@@ -169,9 +170,8 @@ def _eval_shared(lm: FrozenLM, items: Sequence[AnalogyItem], template: PromptTem
         cache = lm.prefix_cache(ids, mask)
         # The last prompt token of every method in one forward: row b * NM + m carries method m's
         # vector for item b (methods without one are unedited rows).
-        vecs = [methods[n] for n in names if methods[n] is not None]
-        rows = [torch.arange(B) * NM + m for m, n in enumerate(names) if methods[n] is not None]
-        edit = lm.inject(torch.cat(vecs), layer, positions=0, rows=torch.cat(rows)) if vecs else _null()
+        rows = method_rows(methods, 0, B)
+        edit = lm.inject(rows[0], layer, positions=0, rows=rows[1]) if rows is not None else _null()
         with edit:
             o1 = lm.continue_from(cache, ids[:, P - 1 :], mask, repeat=NM, logits_to_keep=1)
         every = o1.logits[:, -1].float().view(B, NM, -1)

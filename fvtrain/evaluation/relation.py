@@ -17,6 +17,28 @@ from fvtrain.prompts import PromptTemplate, encode_target, make_batch
 log = logging.getLogger(__name__)
 
 
+def check_methods(methods: Mapping[str, torch.Tensor | None], n_prompts: int, layer: int | None) -> None:
+    """Each method's vector is ``None``, ``[d]`` or ``[n_prompts, d]``, and a vector needs a layer."""
+    for v in methods.values():
+        if v is not None and layer is None:
+            raise ValueError("a vector needs a layer to be injected at")
+        if v is not None and v.dim() == 2 and len(v) != n_prompts:
+            raise ValueError(f"{len(v)} vectors for {n_prompts} prompts")
+
+
+def method_rows(methods: Mapping[str, torch.Tensor | None], start: int, B: int
+                ) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``(vectors, rows)`` for prompts ``start .. start + B`` run once per method, row ``b * M + m``
+    (methods without a vector add no row); ``None`` when no method has one."""
+    M = len(methods)
+    vecs, rows = [], []
+    for m, v in enumerate(methods.values()):
+        if v is not None:
+            vecs.append(v.expand(B, -1) if v.dim() == 1 else v[start : start + B])
+            rows.append(torch.arange(B) * M + m)
+    return (torch.cat(vecs), torch.cat(rows)) if vecs else None
+
+
 def completion(
     lm: FrozenLM,
     prompts: Sequence[str],
@@ -50,24 +72,15 @@ def completion_methods(
 
     names = list(methods)
     M = len(names)
-    for v in methods.values():
-        if v is not None and layer is None:
-            raise ValueError("a vector needs a layer to be injected at")
-        if v is not None and v.dim() == 2 and len(v) != len(prompts):
-            raise ValueError(f"{len(v)} vectors for {len(prompts)} prompts")
+    check_methods(methods, len(prompts), layer)
     acc = {n: MeanMetric() for n in names}
     prob = {n: MeanMetric() for n in names}
     correct: dict[str, list[int]] = {n: [] for n in names}
     for i in range(0, len(prompts), batch_size):
         b = make_batch(lm.tokenizer, prompts[i : i + batch_size], answers[i : i + batch_size])
         B = len(b)
-        vecs, rows = [], []
-        for m, n in enumerate(names):
-            v = methods[n]
-            if v is not None:
-                vecs.append(v.expand(B, -1) if v.dim() == 1 else v[i : i + batch_size])
-                rows.append(torch.arange(B) * M + m)
-        edit = lm.inject(torch.cat(vecs), layer, positions=-1, rows=torch.cat(rows)) if vecs else nullcontext()
+        rows = method_rows(methods, i, B)
+        edit = lm.inject(rows[0], layer, positions=-1, rows=rows[1]) if rows is not None else nullcontext()
         with torch.no_grad():
             if b.prompt_len > 1:
                 cache = lm.prefix_cache(b.prompt_ids, b.prompt_mask)
@@ -220,11 +233,7 @@ def exact_match_methods(
     tok = lm.tokenizer
     names = list(methods)
     M = len(names)
-    for n, v in methods.items():
-        if v is not None and v.dim() == 2 and len(v) != len(prompts):
-            raise ValueError(f"{len(v)} vectors for {len(prompts)} prompts")
-        if v is not None and layer is None:
-            raise ValueError("a vector needs a layer to be injected at")
+    check_methods(methods, len(prompts), layer)
     alts = [[a] if isinstance(a, str) else list(a) for a in answers]
     raw: list[list[str]] = [[] for _ in names]
     for i in range(0, len(prompts), batch_size):
@@ -235,14 +244,7 @@ def exact_match_methods(
             budget = [int(max_new_tokens)] * B
         else:
             budget = [max(len(encode_target(tok, template, a)) for a in c) + EXTRA_TOKENS for c in chunk]
-        vecs, rows = [], []
-        for m, n in enumerate(names):
-            v = methods[n]
-            if v is None:
-                continue
-            vecs.append(v.expand(B, -1) if v.dim() == 1 else v[i : i + batch_size])
-            rows.append(torch.arange(B) * M + m)
-        edit = (torch.cat(vecs), torch.cat(rows)) if vecs else None
+        edit = method_rows(methods, i, B)
         texts = _greedy_batch(lm, b.prompt_ids, b.prompt_mask, budget, edit, layer, repeat=M)
         for m in range(M):
             raw[m] += texts[m::M]
