@@ -58,12 +58,20 @@ def rewrite_model_override(argv: Sequence[str], conf: Path) -> list[str]:
     return out
 
 
+def _remove_if_empty(folder: Path) -> None:
+    try:
+        folder.rmdir()
+    except OSError:
+        pass
+
+
 def compose(config_name: str, overrides: Sequence[str] = (), output_dir: str | Path | None = None
             ) -> DictConfig:
     """Compose ``conf/<config_name>.yaml`` with overrides, outside a Hydra app (tests, notebooks).
 
     ``${hydra:runtime.output_dir}`` resolves to ``output_dir`` (default: a new temporary folder).
     """
+    import atexit
     import tempfile
 
     from hydra import compose as hydra_compose
@@ -75,7 +83,11 @@ def compose(config_name: str, overrides: Sequence[str] = (), output_dir: str | P
     with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
         cfg = hydra_compose(config_name, overrides=rewrite_model_override(list(overrides), conf),
                             return_hydra_config=True)
-    out = Path(output_dir) if output_dir is not None else Path(tempfile.mkdtemp(prefix="fvtrain-"))
+    if output_dir is not None:
+        out = Path(output_dir)
+    else:
+        out = Path(tempfile.mkdtemp(prefix="fvtrain-"))
+        atexit.register(_remove_if_empty, out)  # most callers never write there; keep what one did
     with open_dict(cfg):
         cfg.hydra.runtime.output_dir = str(out)
     HydraConfig.instance().set_config(cfg)

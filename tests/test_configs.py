@@ -154,3 +154,24 @@ def test_slurm_ddp_submission_script(tmp_path, monkeypatch):
     assert "srun" in script and "--cpu-bind=none" in script
     assert "submitit.core._submit" in script
     assert proc.returncode != 0  # our fake cluster reports the tasks as failed
+
+
+def test_compose_removes_its_unused_output_folder_at_exit(tmp_path):
+    # compose() without output_dir makes a temporary run folder; an empty one must not outlive the
+    # process (test suites and notebooks compose hundreds of configs), one written to must.
+    import subprocess
+    import sys
+
+    code = ("from fvtrain.config import compose\n"
+            "from pathlib import Path\n"
+            "a = Path(compose('extract').paths.output_dir)\n"
+            "b = Path(compose('extract').paths.output_dir)\n"
+            "(b / 'kept.txt').write_text('x')\n"
+            "print(a); print(b)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    unused, written = (Path(p) for p in out.stdout.split())
+    assert unused != written
+    assert not unused.exists()
+    assert (written / "kept.txt").read_text() == "x"
+    (written / "kept.txt").unlink()
+    written.rmdir()
