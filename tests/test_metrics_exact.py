@@ -20,6 +20,7 @@ from fvtrain.evaluation.analogy import evaluate_methods, summarise
 from fvtrain.evaluation.decoding import decode_sets, single_token_ids
 from fvtrain.evaluation.relation import (
     answer_line,
+    can_still_match,
     completion,
     exact_match,
     exact_match_methods,
@@ -173,6 +174,54 @@ def test_random_model_open_analogies_exact_near_chance(lm, first_token_vector):
     plain = evaluate_methods(lm, items, {"ffv": v.expand(len(items), -1)}, layer, T)["ffv"]
     assert plain.open_exact is None and "open_exact" not in summarise(items, plain)
     assert torch.equal(plain.open_correct, res["ffv"].open_correct)
+
+
+def test_can_still_match():
+    assert can_still_match("", ["cold"]) and can_still_match("  ", ["cold"])
+    assert can_still_match(" co", ["cold"]) and can_still_match(" cold", [" cold "])
+    assert can_still_match(" cold  ", ["cold"])  # the answer followed by spaces
+    assert not can_still_match(" cold w", ["cold"]) and can_still_match(" cold w", ["cold", "cold war"])
+    assert not can_still_match(" Cold", ["cold"]) and not can_still_match(" x", ["cold"])
+    assert can_still_match(" caf\ufffd", ["cafe"])  # a character cut between byte tokens
+
+
+def test_stopping_on_mismatch_keeps_every_outcome(lm):
+    """Rows that stop once they cannot match get the same outcome as full decoding, and their text
+    is a prefix of the full one; on this random model most rows stop early."""
+    prompts = [zero_shot(T, x) for x in XS[:12]]
+    full = exact_match(lm, prompts, [["x"]] * 12, max_new_tokens=4)
+    answers = [[answer_line(t)] if i % 3 == 0 else [answer_line(t)[:2] + "zz", "q"]
+               for i, t in enumerate(full.raw)]
+    a = exact_match_methods(lm, prompts, answers, {"_": None}, max_new_tokens=4)["_"]
+    b = exact_match_methods(lm, prompts, answers, {"_": None}, max_new_tokens=4, stop_on_mismatch=True)["_"]
+    assert a.raw == full.raw and a.correct.tolist() == b.correct.tolist()
+    assert a.correct.tolist() == [1.0 if i % 3 == 0 else 0.0 for i in range(12)]
+    assert all(t.startswith(s) for t, s in zip(a.raw, b.raw))
+    assert sum(len(s) < len(t) for t, s in zip(a.raw, b.raw)) >= 6
+
+
+def test_analogy_exact_match_from_the_shared_pass_equals_decoding_alone(lm):
+    """Multiple-choice items decode greedily from the shared pass's last token and cache; open-ended
+    items (no shared prompt) decode on their own. Either way the texts and outcomes must be those
+    of exact_match_methods on the same prompts, for every method and per-item vectors."""
+    g = torch.Generator().manual_seed(1)
+    layer = 1
+    items = []
+    for i, (x, y) in enumerate(zip(XS[:10], YS[:10])):
+        choices = None
+        if i % 3:  # shared-prompt multiple choice, candidates of one and several tokens
+            choices = ((x, y), (x, YS[10 + i % 4]), (x, y + "ness"))
+        items.append(AnalogyItem("hot", "cold", x, (y, y + "s"), choices=choices, answer_index=0 if choices
+                                 else None, distance="near", relation="r"))
+    vecs = torch.randn(len(items), lm.d_model, generator=g) * 3
+    methods = {"none": None, "rows": vecs, "shared": vecs[2].expand(len(items), -1)}
+    res = evaluate_methods(lm, items, methods, layer, T, exact=True, batch_size=4)
+    alone = exact_match_methods(lm, [zero_shot(T, it.c) for it in items], [list(it.d) for it in items],
+                                methods, layer, batch_size=3, template=T)
+    for n in methods:
+        assert res[n].open_text == alone[n].texts, n
+        assert res[n].open_exact.tolist() == alone[n].correct.tolist(), n
+    assert res["rows"].open_text != res["none"].open_text  # the vectors reach the greedy steps
 
 
 def test_random_model_whole_word_decoding_near_chance(lm, caplog):

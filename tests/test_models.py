@@ -141,6 +141,29 @@ def test_target_logprob_matches_full_vocabulary_forward(tiny_llama):
     torch.testing.assert_close(s.first_logprob[0], logits[P - 1, tgt[0]], rtol=1e-5, atol=1e-5)
 
 
+def test_forward_logits_equal_the_models_own(tiny_lm):
+    """FrozenLM.forward unembeds the kept columns itself (one contiguous GEMM, not transformers'
+    strided head); its logits must be the causal-LM's own, for every way of choosing columns,
+    on a padded batch, with a cache, and from embeddings."""
+    from fvtrain.models.wrapper import position_ids_for
+
+    lm = tiny_lm
+    b = lm.batch(PROMPTS, ANSWERS)
+    ids, mask = b.input_ids, b.attention_mask
+    with torch.no_grad():
+        want = lm.model(input_ids=ids, attention_mask=mask, position_ids=position_ids_for(mask, ids.shape[1]),
+                        logits_to_keep=0).logits
+        for keep, cols in ((1, slice(-1, None)), (0, slice(None)), (3, slice(-3, None)),
+                           (torch.tensor([0, 2, 5]), [0, 2, 5])):
+            got = lm.forward(ids, mask, logits_to_keep=keep).logits
+            torch.testing.assert_close(got, want[:, cols], rtol=1e-5, atol=1e-5)
+        cache = lm.prefix_cache(ids, mask)
+        got = lm.continue_from(cache, ids[:, -1:], mask).logits[:, -1]
+        torch.testing.assert_close(got, want[:, -1], rtol=1e-5, atol=1e-5)
+        got = lm.forward_embeds(lm.embed(ids), mask, logits_to_keep=0).logits
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
 def test_patch_heads_with_own_values_is_identity_and_others_change(tiny_lm):
     lm = tiny_lm
     batch = lm.batch(PROMPTS, ANSWERS)

@@ -23,7 +23,13 @@ from torchmetrics.aggregation import MeanMetric
 
 from fvtrain.data.types import AnalogyItem
 from fvtrain.errors import ConfigError
-from fvtrain.evaluation.relation import method_rows
+from fvtrain.evaluation.relation import (
+    exact_budgets,
+    exact_match_methods,
+    exact_outcomes,
+    greedy_continue,
+    method_rows,
+)
 from fvtrain.models.scoring import token_logprobs
 from fvtrain.models.wrapper import FrozenLM
 from fvtrain.prompts import (
@@ -129,14 +135,18 @@ def _shared_prompt(it: AnalogyItem) -> bool:
 
 
 def _eval_shared(lm: FrozenLM, items: Sequence[AnalogyItem], template: PromptTemplate, prompt: str,
-                 methods: Mapping[str, torch.Tensor | None], layer: int | None) -> dict[str, tuple]:
+                 methods: Mapping[str, torch.Tensor | None], layer: int | None,
+                 budget: Sequence[int] | None = None) -> dict[str, tuple]:
     """Open-ended and multiple choice of shared-prompt items, for every method at once.
 
     The prompt's prefix (all columns but the last) runs once for all methods. Per method, the last
     prompt token runs once per item with the method's vector injected: its logits are the
     open-ended prediction and the first-token log-probabilities of every candidate. Candidates of
     more than one token then continue from that token's cache, one row per candidate (item-major,
-    padded to the most candidates), with no further injection.
+    padded to the most candidates), with no further injection. With ``budget`` (greedy steps per
+    item) every method's greedy continuation also starts from that token's logits and cache, as
+    :func:`~fvtrain.evaluation.relation.exact_match_methods` would run them: its raw text is the
+    tuple's fifth element.
     """
     tok = lm.tokenizer
     B = len(items)
@@ -174,6 +184,9 @@ def _eval_shared(lm: FrozenLM, items: Sequence[AnalogyItem], template: PromptTem
         edit = lm.inject(rows[0], layer, positions=0, rows=rows[1]) if rows is not None else _null()
         with edit:
             o1 = lm.continue_from(cache, ids[:, P - 1 :], mask, repeat=NM, logits_to_keep=1)
+        if budget is not None:
+            texts = greedy_continue(lm, o1.cache, mask.repeat_interleave(NM, 0), o1.logits[:, -1],
+                                    [n for n in budget for _ in range(NM)])
         every = o1.logits[:, -1].float().view(B, NM, -1)
         for m, name in enumerate(names):
             logits = every[:, m]
@@ -191,6 +204,7 @@ def _eval_shared(lm: FrozenLM, items: Sequence[AnalogyItem], template: PromptTem
             out[name] = (
                 [int(top[r]) in firsts[r] for r in range(B)], top.tolist(),
                 [float(int(pred[r]) == it.answer_index) for r, it in enumerate(items)], pred.tolist(),
+                texts[m::NM] if budget is not None else None,
             )
     return out
 
@@ -234,14 +248,21 @@ def evaluate_methods(
     longest = {i: max(len(tok(template.target(d), add_special_tokens=False)["input_ids"])
                       for _, d in items[i].choices) for i in shared}
     shared.sort(key=lambda i: (longest[i], i))
+    # Exact match: the greedy steps of shared-prompt items continue from _eval_shared's last token
+    # (the same computation exact_match_methods makes, without running the prompts twice).
+    budgets = exact_budgets(tok, template, [list(it.d) for it in items]) if exact else None
+    raw: dict[str, list] = {n: [None] * I for n in methods}
     for s in range(0, len(shared), batch_size):
         idx = shared[s : s + batch_size]
         sub = {n: None if v is None else v[idx] for n, v in methods.items()}
-        got = _eval_shared(lm, [items[i] for i in idx], template, prompt, sub, layer)
-        for n, (o, t, m, p) in got.items():
+        got = _eval_shared(lm, [items[i] for i in idx], template, prompt, sub, layer,
+                           [budgets[i] for i in idx] if exact else None)
+        for n, (o, t, m, p, texts) in got.items():
             ok, mc, pred, top = res[n]
             for j, i in enumerate(idx):
                 ok[i], top[i], mc[i], pred[i] = o[j], t[j], m[j], p[j]
+                if texts is not None:
+                    raw[n][i] = texts[j]
     for s in range(0, len(other), batch_size):
         idx = other[s : s + batch_size]
         chunk = [items[i] for i in idx]
@@ -272,12 +293,16 @@ def evaluate_methods(
                     mc[idx[row]] = float(k == it.answer_index)
     out = {n: ItemResults(ok, mc, pred, [tok.decode([t]) for t in top]) for n, (ok, mc, pred, top) in res.items()}
     if exact and items:
-        from fvtrain.evaluation.relation import exact_match_methods
-
-        prompts = [_prompt(template, prompt, it, it.c) for it in items]
-        ems = exact_match_methods(lm, prompts, [list(it.d) for it in items], methods, layer,
-                                  batch_size=batch_size, template=template)
-        for n, em in ems.items():
+        if other:  # items without a shared prompt decode on their own
+            ems = exact_match_methods(lm, [_prompt(template, prompt, items[i], items[i].c) for i in other],
+                                      [list(items[i].d) for i in other],
+                                      {n: None if v is None else v[other] for n, v in methods.items()},
+                                      layer, batch_size=batch_size, template=template)
+            for n, em in ems.items():
+                for j, i in enumerate(other):
+                    raw[n][i] = em.raw[j]
+        for n in methods:
+            em = exact_outcomes(raw[n], [list(it.d) for it in items])
             out[n].open_exact, out[n].open_text = em.correct, em.texts
     return out
 

@@ -221,9 +221,13 @@ def exact_match_methods(
     max_new_tokens: int | None = None,
     batch_size: int = 32,
     template: PromptTemplate | None = None,
+    stop_on_mismatch: bool = False,
 ) -> dict[str, ExactMatch]:
     """:func:`exact_match` of every method on the same prompts (``methods[name]``: ``None``, a
     shared ``[d]`` vector or ``[N, d]``, one row per prompt).
+
+    ``stop_on_mismatch`` stops a row as soon as its text can no longer become any accepted answer:
+    the outcomes are the same, the texts are cut there (for callers that keep only the outcomes).
 
     Methods differ only from the prompt's last token on, so each chunk's prefix runs once and the
     last token and every greedy step run for all methods as rows of one batch (row ``b * M + m``):
@@ -239,48 +243,78 @@ def exact_match_methods(
     for i in range(0, len(prompts), batch_size):
         chunk = alts[i : i + batch_size]
         b = make_batch(tok, prompts[i : i + batch_size], chunk, template)
-        B = len(b)
-        if max_new_tokens is not None:
-            budget = [int(max_new_tokens)] * B
-        else:
-            budget = [max(len(encode_target(tok, template, a)) for a in c) + EXTRA_TOKENS for c in chunk]
-        edit = method_rows(methods, i, B)
-        texts = _greedy_batch(lm, b.prompt_ids, b.prompt_mask, budget, edit, layer, repeat=M)
+        budget = exact_budgets(tok, template, chunk, max_new_tokens)
+        edit = method_rows(methods, i, len(b))
+        texts = _greedy_batch(lm, b.prompt_ids, b.prompt_mask, budget, edit, layer, repeat=M,
+                              answers=chunk if stop_on_mismatch else None)
         for m in range(M):
             raw[m] += texts[m::M]
-    out = {}
-    for m, n in enumerate(names):
-        correct = torch.tensor([float(is_exact(t, a)) for t, a in zip(raw[m], alts)])
-        out[n] = ExactMatch(correct, [answer_line(t) for t in raw[m]], raw[m])
-    return out
+    return {n: exact_outcomes(raw[m], alts) for m, n in enumerate(names)}
+
+
+def exact_budgets(tok, template: PromptTemplate, answers: Sequence[Sequence[str]],
+                  max_new_tokens: int | None = None) -> list[int]:
+    """Greedy steps per item: ``max_new_tokens``, or its longest accepted answer's token count plus
+    :data:`EXTRA_TOKENS` (so an item's text does not depend on what it is batched with)."""
+    if max_new_tokens is not None:
+        return [int(max_new_tokens)] * len(answers)
+    return [max(len(encode_target(tok, template, a)) for a in alts) + EXTRA_TOKENS for alts in answers]
+
+
+def exact_outcomes(raw: Sequence[str], answers: Sequence[Sequence[str]]) -> ExactMatch:
+    """:class:`ExactMatch` of greedy continuations ``raw`` against each item's accepted answers."""
+    correct = torch.tensor([float(is_exact(t, a)) for t, a in zip(raw, answers)])
+    return ExactMatch(correct, [answer_line(t) for t in raw], list(raw))
 
 
 def _greedy_batch(lm: FrozenLM, ids: torch.Tensor, mask: torch.Tensor, budget: list[int],
                   edit: tuple[torch.Tensor, torch.Tensor] | None, layer: int | None,
-                  repeat: int = 1) -> list[str]:
+                  repeat: int = 1, answers: Sequence[Sequence[str]] | None = None) -> list[str]:
     """Greedy continuations of left-padded prompts with per-prompt token budgets (see exact_match),
     each prompt's last token run ``repeat`` times (rows ``b * repeat + r``); ``edit`` is
     ``(vectors, rows)``, added to block ``layer``'s output at those rows' last token.
-
-    A row leaves the batch once it has finished: the steps after that run only the rows still
-    generating (their keys/values selected from the cache).
     """
-    tok = lm.tokenizer
-    eos = tok.eos_token_id
-    budget = [n for n in budget for _ in range(repeat)]
-    new: list[list[int]] = [[] for _ in budget]
-    done = [n <= 0 for n in budget]
     with torch.no_grad():
         cache = lm.prefix_cache(ids, mask)
         ctx = lm.inject(edit[0], layer, positions=0, rows=edit[1]) if edit is not None else _null()
         with ctx:
             out = lm.continue_from(cache, ids[:, -1:], mask, repeat=repeat, logits_to_keep=1)
-        mask = mask.repeat_interleave(repeat, 0)
-        live = [r for r in range(len(budget)) if not done[r]]  # batch row j generates item row live[j]
-        cache = out.cache
+    return greedy_continue(lm, out.cache, mask.repeat_interleave(repeat, 0), out.logits[:, -1],
+                           [n for n in budget for _ in range(repeat)],
+                           None if answers is None else [a for a in answers for _ in range(repeat)])
+
+
+def can_still_match(text: str, answers: Sequence[str]) -> bool:
+    """Whether a greedy text without a line break yet can still become a line that
+    :func:`is_exact` accepts: its stripped start is a prefix of an accepted answer (or the answer
+    itself followed by spaces). A cut multi-byte character (U+FFFD) keeps every answer possible."""
+    t = text.lstrip()
+    if not t or "\ufffd" in t:
+        return True
+    for a in answers:
+        a = a.strip()
+        if a.startswith(t) or (t.startswith(a) and not t[len(a):].strip()):
+            return True
+    return False
+
+
+def greedy_continue(lm: FrozenLM, cache, mask: torch.Tensor, logits: torch.Tensor,
+                    budget: Sequence[int], answers: Sequence[Sequence[str]] | None = None) -> list[str]:
+    """Greedy continuation of rows whose prompts have run through their last token: ``cache``
+    holds their keys/values (``mask`` covers it), ``logits`` ``[R, vocab]`` are the last token's.
+    The cache is not modified. Each row stops at its first line break, at EOS or after
+    ``budget[r]`` tokens, and (given its accepted ``answers[r]``) once it can no longer match any
+    of them (:func:`can_still_match`); a row leaves the batch once it has finished (the later
+    steps run only the rows still generating, their keys/values selected from the cache)."""
+    tok = lm.tokenizer
+    eos = tok.eos_token_id
+    new: list[list[int]] = [[] for _ in budget]
+    done = [n <= 0 for n in budget]
+    live = [r for r in range(len(budget)) if not done[r]]  # batch row j generates item row live[j]
+    with torch.no_grad():
         if len(live) < len(budget):
             cache = lm.cache_rows(cache, torch.tensor(live))
-        nxt = out.logits[live, -1].argmax(-1).cpu()
+        nxt = logits[live].argmax(-1).cpu()
         mask = mask[live]
         for _ in range(max(budget, default=0)):
             for j, t in enumerate(nxt.tolist()):
@@ -289,7 +323,9 @@ def _greedy_batch(lm: FrozenLM, ids: torch.Tensor, mask: torch.Tensor, budget: l
                     done[r] = True
                     continue
                 new[r].append(t)
-                if len(new[r]) >= budget[r] or "\n" in tok.decode(new[r], skip_special_tokens=True):
+                text = tok.decode(new[r], skip_special_tokens=True)
+                if len(new[r]) >= budget[r] or "\n" in text or \
+                        (answers is not None and not can_still_match(text, answers[r])):
                     done[r] = True
             keep = [j for j, r in enumerate(live) if not done[r]]
             if not keep:

@@ -478,8 +478,9 @@ def zero_shot_exact(module, lm, splits: dict, template, batch_size: int, seed: i
     t0 = time.time()
     methods = module.methods()
     prompts, every_answer, groups, vectors = exact_rows(module, splits, template)
+    # Only the outcomes are kept, so a row stops once it can no longer match (same outcomes).
     ems = exact_match_methods(lm, prompts, every_answer, vectors, module.layer, batch_size=batch_size,
-                              template=template)
+                              template=template, stop_on_mismatch=True)
     cols = {m: ems[m].correct if groups else torch.zeros(0) for m in methods}
     per: dict[str, dict] = {}
     for r in dict.fromkeys(groups):
