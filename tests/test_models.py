@@ -164,6 +164,31 @@ def test_forward_logits_equal_the_models_own(tiny_lm):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("chunk", [7, 64, 100_000])
+def test_vocab_stats_equal_the_full_logits(tiny_lm, chunk):
+    """Chunked log-normaliser, picked logits and argmax equal those of the full logits (with the
+    model's soft-cap and unembedding bias), for chunks that do and do not divide the vocabulary;
+    ties go to the lowest id, as argmax does."""
+    from fvtrain.models.wrapper import VocabStats
+
+    lm = tiny_lm
+    g = torch.Generator().manual_seed(0)
+    hidden = torch.randn(9, lm.d_model, generator=g)
+    hidden[3] = 0  # every logit equal (up to a bias): a tie across every chunk
+    V = lm.logits_of(hidden[:1]).shape[-1]
+    ids = torch.randint(0, V, (9, 3), generator=g)
+    ids[0] = torch.tensor([0, V - 1, chunk % V])
+    with torch.no_grad():
+        full = lm.logits_of(hidden).float()
+        st = lm.vocab_stats(hidden, ids, chunk=chunk)
+    assert isinstance(st, VocabStats)
+    torch.testing.assert_close(st.lse, full.logsumexp(-1), rtol=1e-6, atol=1e-5)
+    torch.testing.assert_close(st.picked, full.gather(1, ids), rtol=0, atol=1e-5)
+    torch.testing.assert_close(st.logprob(), full.log_softmax(-1).gather(1, ids), rtol=1e-5, atol=1e-5)
+    assert st.argmax.tolist() == full.argmax(-1).tolist()
+    assert lm.vocab_stats(hidden, chunk=chunk).picked is None
+
+
 def test_patch_heads_with_own_values_is_identity_and_others_change(tiny_lm):
     lm = tiny_lm
     batch = lm.batch(PROMPTS, ANSWERS)

@@ -16,7 +16,7 @@ from typing import Sequence
 
 import torch
 
-from fvtrain.models.scoring import token_logprobs
+from fvtrain.models.scoring import hidden_logprobs
 from fvtrain.models.wrapper import FrozenLM
 from fvtrain.prompts import PromptBatch, PromptTemplate, make_batch, zero_shot
 
@@ -62,10 +62,10 @@ def source_scores(
                 with lm.inject(vecs.repeat(b, 1), layer, positions=0):
                     # All tokens: the last prompt token and the target (but its last token) run;
                     # first token: the last prompt token alone.
-                    logits = lm.continue_from(cache, ids[:, P - 1 : P - 1 + M], mask[:, : P - 1 + M],
-                                              repeat=n, logits_to_keep=M).logits
-                lp = token_logprobs(logits, batch.target_ids[s : s + per, :M].repeat_interleave(n, 0),
-                                    target_mask[s : s + per].repeat_interleave(n, 0))
+                    hidden = lm.continue_from(cache, ids[:, P - 1 : P - 1 + M], mask[:, : P - 1 + M],
+                                              repeat=n, hidden_only=True).last_hidden_state
+                lp = hidden_logprobs(lm, hidden, batch.target_ids[s : s + per, :M].repeat_interleave(n, 0),
+                                     target_mask[s : s + per].repeat_interleave(n, 0))
                 out[s : s + b, v : v + n] = lp.view(b, n).cpu()
     return out
 

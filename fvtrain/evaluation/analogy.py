@@ -30,7 +30,7 @@ from fvtrain.evaluation.relation import (
     greedy_continue,
     method_rows,
 )
-from fvtrain.models.scoring import token_logprobs
+from fvtrain.models.scoring import hidden_logprobs
 from fvtrain.models.wrapper import FrozenLM
 from fvtrain.prompts import (
     PromptTemplate,
@@ -183,23 +183,23 @@ def _eval_shared(lm: FrozenLM, items: Sequence[AnalogyItem], template: PromptTem
         rows = method_rows(methods, 0, B)
         edit = lm.inject(rows[0], layer, positions=0, rows=rows[1]) if rows is not None else _null()
         with edit:
-            o1 = lm.continue_from(cache, ids[:, P - 1 :], mask, repeat=NM, logits_to_keep=1)
+            o1 = lm.continue_from(cache, ids[:, P - 1 :], mask, repeat=NM, hidden_only=True)
+        st = lm.vocab_stats(o1.last_hidden_state[:, -1], first_tok.repeat_interleave(NM, 0))
         if budget is not None:
-            texts = greedy_continue(lm, o1.cache, mask.repeat_interleave(NM, 0), o1.logits[:, -1],
+            texts = greedy_continue(lm, o1.cache, mask.repeat_interleave(NM, 0), st.argmax,
                                     [n for n in budget for _ in range(NM)])
-        every = o1.logits[:, -1].float().view(B, NM, -1)
+        first_lp = st.logprob().cpu().view(B, NM, K)
+        tops = st.argmax.cpu().view(B, NM)
         for m, name in enumerate(names):
-            logits = every[:, m]
-            logp = (logits - logits.logsumexp(-1, keepdim=True)).cpu()
-            lp = logp.gather(1, first_tok)  # [B, K]
+            lp = first_lp[:, m]  # [B, K]
             if M > 1:
                 # the continuation's own cache (with the edited last token), one copy per candidate
                 c2 = lm.repeat_cache(lm.cache_rows(o1.cache, torch.arange(B) * NM + m), K)
                 full = torch.cat([mask.repeat_interleave(K, 0), rest_mask], 1)
-                o2 = lm.continue_from(c2, rest_ids, full, logits_to_keep=M - 1)
-                lp = lp + token_logprobs(o2.logits, rest_tgt, rest_mask).cpu().view(B, K)
+                o2 = lm.continue_from(c2, rest_ids, full, hidden_only=True)
+                lp = lp + hidden_logprobs(lm, o2.last_hidden_state, rest_tgt, rest_mask).cpu().view(B, K)
             lp = lp.masked_fill(~valid, float("-inf"))
-            top = logits.argmax(-1).cpu()
+            top = tops[:, m]
             pred = lp.argmax(-1)
             out[name] = (
                 [int(top[r]) in firsts[r] for r in range(B)], top.tolist(),

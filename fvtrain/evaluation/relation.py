@@ -66,7 +66,7 @@ def completion_methods(
 
     Only the last prompt token differs between methods, and only its logits are read: each
     chunk's prefix runs once into a cache, then the last token once per method (rows ``b * M +
-    m``), unembedded at that one column.
+    m``), unembedded at that one column (block by block: :meth:`FrozenLM.vocab_stats`).
     """
     from fvtrain.evaluation import stats
 
@@ -85,17 +85,15 @@ def completion_methods(
             if b.prompt_len > 1:
                 cache = lm.prefix_cache(b.prompt_ids, b.prompt_mask)
                 with edit:
-                    logits = lm.last_token(b.prompt_ids, b.prompt_mask, cache, repeat=M)
+                    hidden = lm.last_token(b.prompt_ids, b.prompt_mask, cache, repeat=M, hidden_only=True)
             else:  # nothing to cache
                 ids, mask = (t.repeat_interleave(M, 0) for t in (b.prompt_ids, b.prompt_mask))
                 with edit:
-                    logits = lm.forward(ids, mask).logits[:, -1]
-        logits = logits.float()
-        dev = logits.device
-        tgt = b.target_ids[:, 0].to(dev).repeat_interleave(M)
-        p = logits.log_softmax(-1).gather(-1, tgt.unsqueeze(-1)).squeeze(-1).exp().view(B, M).cpu()
-        firsts = b.first_token_matrix().to(dev).repeat_interleave(M, 0)
-        ok = (logits.argmax(-1).unsqueeze(1) == firsts).any(-1).view(B, M).cpu()
+                    hidden = lm.body(ids, mask).last_hidden_state[:, -1]
+            st = lm.vocab_stats(hidden, b.target_ids[:, :1].repeat_interleave(M, 0))
+        p = st.logprob()[:, 0].exp().view(B, M).cpu()
+        firsts = b.first_token_matrix().repeat_interleave(M, 0)
+        ok = (st.argmax.cpu().unsqueeze(1) == firsts).any(-1).view(B, M)
         for m, n in enumerate(names):
             acc[n].update(ok[:, m].float())
             prob[n].update(p[:, m])
@@ -129,12 +127,11 @@ def layer_sweep(
         layers_of_row = torch.arange(L).repeat(B)
         edits = [(l, vector, (layers_of_row == l).nonzero(as_tuple=True)[0]) for l in range(L)]
         with torch.no_grad(), lm.inject_many(edits):
-            logits = lm.last_token(ids, mask, cache, repeat=L).float()
-        logp = logits.log_softmax(-1)
-        tgt = b.target_ids[:, 0].to(logits.device).repeat_interleave(L)
-        p = logp.gather(-1, tgt.unsqueeze(-1)).squeeze(-1).exp().view(B, L)
-        firsts = b.first_token_matrix().to(logits.device).repeat_interleave(L, 0)
-        ok = (logits.argmax(-1).unsqueeze(1) == firsts).any(-1).view(B, L)
+            hidden = lm.last_token(ids, mask, cache, repeat=L, hidden_only=True)
+            st = lm.vocab_stats(hidden, b.target_ids[:, :1].repeat_interleave(L, 0))
+        p = st.logprob()[:, 0].exp().view(B, L).cpu()
+        firsts = b.first_token_matrix().repeat_interleave(L, 0)
+        ok = (st.argmax.cpu().unsqueeze(1) == firsts).any(-1).view(B, L)
         correct += ok.float().sum(0).cpu()
         prob += p.sum(0).cpu()
         n += B
@@ -278,8 +275,9 @@ def _greedy_batch(lm: FrozenLM, ids: torch.Tensor, mask: torch.Tensor, budget: l
         cache = lm.prefix_cache(ids, mask)
         ctx = lm.inject(edit[0], layer, positions=0, rows=edit[1]) if edit is not None else _null()
         with ctx:
-            out = lm.continue_from(cache, ids[:, -1:], mask, repeat=repeat, logits_to_keep=1)
-    return greedy_continue(lm, out.cache, mask.repeat_interleave(repeat, 0), out.logits[:, -1],
+            out = lm.continue_from(cache, ids[:, -1:], mask, repeat=repeat, hidden_only=True)
+        first = lm.vocab_stats(out.last_hidden_state[:, -1]).argmax
+    return greedy_continue(lm, out.cache, mask.repeat_interleave(repeat, 0), first,
                            [n for n in budget for _ in range(repeat)],
                            None if answers is None else [a for a in answers for _ in range(repeat)])
 
@@ -298,10 +296,10 @@ def can_still_match(text: str, answers: Sequence[str]) -> bool:
     return False
 
 
-def greedy_continue(lm: FrozenLM, cache, mask: torch.Tensor, logits: torch.Tensor,
+def greedy_continue(lm: FrozenLM, cache, mask: torch.Tensor, first: torch.Tensor,
                     budget: Sequence[int], answers: Sequence[Sequence[str]] | None = None) -> list[str]:
     """Greedy continuation of rows whose prompts have run through their last token: ``cache``
-    holds their keys/values (``mask`` covers it), ``logits`` ``[R, vocab]`` are the last token's.
+    holds their keys/values (``mask`` covers it), ``first`` ``[R]`` is the last token's argmax.
     The cache is not modified. Each row stops at its first line break, at EOS or after
     ``budget[r]`` tokens, and (given its accepted ``answers[r]``) once it can no longer match any
     of them (:func:`can_still_match`); a row leaves the batch once it has finished (the later
@@ -314,7 +312,7 @@ def greedy_continue(lm: FrozenLM, cache, mask: torch.Tensor, logits: torch.Tenso
     with torch.no_grad():
         if len(live) < len(budget):
             cache = lm.cache_rows(cache, torch.tensor(live))
-        nxt = logits[live].argmax(-1).cpu()
+        nxt = first.cpu()[live]
         mask = mask[live]
         for _ in range(max(budget, default=0)):
             for j, t in enumerate(nxt.tolist()):
@@ -334,9 +332,9 @@ def greedy_continue(lm: FrozenLM, cache, mask: torch.Tensor, logits: torch.Tenso
                 cache = lm.cache_rows(cache, torch.tensor(keep))
                 nxt, mask, live = nxt[keep], mask[keep], [live[j] for j in keep]
             mask = torch.cat([mask, torch.ones(len(live), 1, dtype=mask.dtype)], 1)
-            out = lm.continue_from(cache, nxt.unsqueeze(1), mask, logits_to_keep=1)
+            out = lm.continue_from(cache, nxt.unsqueeze(1), mask, hidden_only=True)
             cache = out.cache
-            nxt = out.logits[:, -1].argmax(-1).cpu()
+            nxt = lm.vocab_stats(out.last_hidden_state[:, -1]).argmax.cpu()
     return [tok.decode(n, skip_special_tokens=True) for n in new]
 
 

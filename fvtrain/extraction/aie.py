@@ -82,7 +82,8 @@ def aie_fast(
     layer up: below it the patched token's residual stream equals the unpatched one, which is
     recorded once per prompt, so about half of the blocks need not run. The forwards stop at
     the final norm; the unembedding, the costliest step per row on a large vocabulary, runs on
-    ``max_rows`` rows at a time gathered across chunks, where a matrix product is most efficient.
+    ``max_rows`` rows at a time gathered across chunks, where a matrix product is most efficient,
+    and block by block over the vocabulary (:meth:`FrozenLM.vocab_stats`).
     """
     _check(lm, mean)
     L, H = lm.n_layers, lm.n_heads
@@ -106,7 +107,8 @@ def aie_fast(
     def unembed_pending() -> None:
         hidden, prompt, head = (torch.cat(x) for x in zip(*pending))
         pending.clear()
-        p = _target_prob(lm.logits_of(hidden), targets[prompt].to(lm.device)).cpu()
+        st = lm.vocab_stats(hidden, targets[prompt].unsqueeze(1))
+        p = st.logprob()[:, 0].exp().cpu()
         effects.view(N, n_heads)[prompt, head] = p - base[prompt]
 
     for g0 in range(0, N, G):

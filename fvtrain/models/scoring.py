@@ -19,3 +19,18 @@ def token_logprobs(logits: torch.Tensor, target_ids: torch.Tensor, target_mask: 
     if tokens != "all":
         raise ValueError(f"tokens must be 'all' or 'first', got {tokens!r}")
     return (picked * mask).sum(-1)
+
+
+def hidden_logprobs(lm, hidden: torch.Tensor, target_ids: torch.Tensor, target_mask: torch.Tensor,
+                    tokens: str = "all") -> torch.Tensor:
+    """:func:`token_logprobs` from final-normed hidden states ``[R, M, d]`` (``lm.body`` or
+    ``continue_from(..., hidden_only=True)``) instead of logits: the vocabulary is unembedded block
+    by block (``FrozenLM.vocab_stats``) and ``[R, M, vocab]`` never exists. No gradient."""
+    if tokens not in ("all", "first"):
+        raise ValueError(f"tokens must be 'all' or 'first', got {tokens!r}")
+    if tokens == "first":
+        hidden, target_ids, target_mask = hidden[:, :1], target_ids[:, :1], target_mask[:, :1]
+    R, M, d = hidden.shape
+    st = lm.vocab_stats(hidden.reshape(R * M, d), target_ids.reshape(R * M, 1))
+    picked = st.logprob().view(R, M)
+    return (picked * target_mask.to(picked.device).to(picked.dtype)).sum(-1)
