@@ -142,3 +142,9 @@ def test_completion_of_several_methods_in_one_pass_equals_full_forwards(family):
         assert got[name]["n"] == len(prompts)
     assert got["rows"]["prob"] != pytest.approx(got["shared"]["prob"], rel=1e-3)
     assert completion(lm, prompts, answers, rows, 1, batch_size=2)["correct"] == got["rows"]["correct"]
+    # The AIE's candidate filter reads the same outcome from the prompt columns alone.
+    from fvtrain.extraction.job import solved
+
+    b = make_batch(lm.tokenizer, prompts, answers)
+    assert solved(lm, b).tolist() == lm.score(b).correct.tolist()
+    assert got["none"]["correct"] == solved(lm, b).int().tolist()

@@ -107,7 +107,7 @@ def layer_sweep(
     prompts: Sequence[str],
     answers: Sequence[Sequence[str]],
     vector: torch.Tensor,
-    batch_size: int = 8,
+    batch_size: int = 32,  # prompts per pass: batch_size * n_layers rows (vocab_stats keeps them small)
 ) -> dict[str, list[float]]:
     """Accuracy and P(first token) with the vector injected at each layer, in one pass per batch.
 

@@ -28,7 +28,7 @@ def mean_head_activations(
         # A throwaway one-token answer: only the prompt columns are run.
         b = make_batch(lm.tokenizer, chunk, ["x"] * len(chunk))
         with torch.no_grad(), lm.record_heads() as rec:
-            lm.forward(b.prompt_ids, b.prompt_mask)
+            lm.body(b.prompt_ids, b.prompt_mask)  # the heads' inputs only: no unembedding
         total += torch.stack([rec[l].double().sum(0).cpu() for l in range(lm.n_layers)])
         if progress:
             progress(len(chunk))

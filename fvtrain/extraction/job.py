@@ -78,6 +78,15 @@ def check_options(cfg: DictConfig) -> None:
             raise ConfigError(f"{key}={value!r}: it must be one of {', '.join(allowed)}")
 
 
+def solved(lm: FrozenLM, batch) -> torch.Tensor:
+    """``[B]`` whether the top token after each prompt starts an accepted answer (what
+    ``lm.score(batch).correct`` says, from the prompt columns alone)."""
+    with torch.no_grad():
+        hidden = lm.body(batch.prompt_ids, batch.prompt_mask).last_hidden_state[:, -1]
+        top = lm.vocab_stats(hidden).argmax.cpu()
+    return (top.unsqueeze(1) == batch.first_token_matrix()).any(-1)
+
+
 def baseline_mean(lm: FrozenLM, cfg: DictConfig, template: PromptTemplate, demos: list,
                   queries: list, key: str) -> torch.Tensor | None:
     """Head means over the baseline twins of the clean prompts (None for ``fv_variant=plain``).
@@ -154,7 +163,7 @@ def extract_relation(
                 break  # enough solved queries: later candidates would not be kept anyway
             chunk = cands[i : i + int(cfg.batch_size)]
             b = make_batch(lm.tokenizer, [c[1] for c in chunk], [c[0].answers for c in chunk], template)
-            ok += lm.score(b).correct.tolist()
+            ok += solved(lm, b).tolist()
         kept = [c for c, good in zip(cands, ok) if good][:n_corrupt]
         if not kept:
             log.warning("%s: the model solves none of %d clean ICL prompts; using unfiltered "
