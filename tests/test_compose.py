@@ -666,6 +666,38 @@ def test_ablations_train_each_variant_and_pair_it_with_the_reference(tmp_path, t
     assert [r[0] for r in ablation_table(m).rows] == ["reference", "two_basis", "fewer", "diag", "first"]
 
 
+def test_ablations_are_written_as_they_finish_and_a_resumed_run_keeps_them(tmp_path, tiny_llama, monkeypatch):
+    """Each variant's outcomes reach metrics.json as soon as it is evaluated; when the run stops
+    during the next one, ckpt_path=last trains only what is missing and gives the same block."""
+    import fvtrain.composition.training as training
+
+    make_bank(tmp_path / "ext" / "vectors", tiny_llama)
+    args = (f"basis.path={tmp_path / 'ext'}", "analogies.max_items=12", "analogies.relations=[antonym,country_capital,plural]",
+            "composition.train.analogies_per_relation=4", "composition.train.trainer.max_epochs=1",
+            "compose.eval_exact=false", "compose.ablations=[{name: diag, form: diagonal}, {name: two, basis: [antonym, plural]}]")
+    full = run_compose(tmp_path / "full", *args)["ablations"]
+    real, fits = training.fit_combiner, []
+
+    def fit(*a, **k):
+        fits.append(a[-1] if a else k.get("out"))
+        if len(fits) == 3 and stop:
+            raise KeyboardInterrupt("stopped during the second variant")
+        return real(*a, **k)
+
+    monkeypatch.setattr(training, "fit_combiner", fit)
+    stop = True
+    with pytest.raises(KeyboardInterrupt):
+        run_compose(tmp_path / "cut", *args)
+    on_disk = json.loads((tmp_path / "cut" / "run" / "metrics.json").read_text())["ablations"]
+    assert list(on_disk["variants"]) == ["reference", "diag"]
+    assert on_disk["methods"]["diag"] == full["methods"]["diag"]
+    stop, fits[:] = False, []
+    resumed = run_compose(tmp_path / "cut", *args, "ckpt_path=last")["ablations"]
+    assert [Path(str(f)).name for f in fits[1:]] == ["two"]  # the main map, then the missing variant only
+    assert resumed["methods"] == full["methods"] and resumed["differences"] == full["differences"]
+    assert list(resumed["variants"]) == ["reference", "diag", "two"]
+
+
 def test_repeated_source_pairs_are_scored_once_and_sources_can_be_few(tiny_llama):
     calls = []
     import fvtrain.composition.scoring as sc

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -64,56 +64,114 @@ def nested_subset(items: Sequence, per_relation: int | None) -> list[int]:
 
 
 def run_ablations(cfg: DictConfig, lm, bank, eval_items: list, eval_scores: torch.Tensor, train_items: list,
-                  train_scores: torch.Tensor, reference, template, seed: int, out: Path) -> dict:
+                  train_scores: torch.Tensor, reference, template, seed: int, out: Path,
+                  on_variant: Callable[[dict], Any] | None = None) -> dict:
     """Train and evaluate every variant of ``cfg.compose.ablations``; returns the metrics block
-    ``{"variants", "methods", "differences"}`` (``reference``: the configured scheme's results)."""
+    ``{"variants", "methods", "differences"}`` (``reference``: the configured scheme's results).
+
+    Each variant is evaluated as soon as it is trained: its outcomes go to
+    ``out/ablations/<name>/outcomes.json`` and ``on_variant`` gets the block of the variants so far
+    (the job rewrites ``metrics.json`` with it), so a run stopped half-way keeps what it finished.
+    A resumed run (``ckpt_path`` set) reuses every variant whose saved spec is unchanged.
+    """
     from hydra.utils import instantiate
 
+    from fvtrain import runs
     from fvtrain.composition import compose, score_pairs
     from fvtrain.composition.training import fit_combiner, scheme_kwargs, trainer_factory
     from fvtrain.data.datamodules import AnalogyDataModule
-    from fvtrain.evaluation.analogy import evaluate_methods, paired_differences, summarise
+    from fvtrain.evaluation.analogy import evaluate_methods
 
     specs = check_specs(cfg.compose.ablations, bank.names)
     t_cfg = cfg.composition.train
     bs, max_rows = int(cfg.compose.batch_size), int(cfg.compose.max_rows)
     ref_tokens = str(cfg.compose.get("score_tokens", "all"))
     scores = {ref_tokens: (train_scores, eval_scores)}
-    cfvs = {}
     ref = OmegaConf.to_container(cfg.composition.scheme, resolve=True)
     variants = {"reference": {"name": "reference", "n_basis": len(bank), "n_train_analogies": len(train_items),
                               "score_tokens": ref_tokens, **{k: ref.get(k) for k in SCHEME_KEYS}}}
+    everything = list(range(len(eval_items)))
+    per_item = {"reference": (everything, reference)}
+    block: dict = {}
     for spec in specs:
         name = spec["name"]
-        tokens = spec.get("score_tokens") or ref_tokens
-        if tokens not in scores:  # one more scoring pass, shared by every variant that needs it
-            log.info("ablations: scoring the basis with %s-token source scores", tokens)
-            scores[tokens] = tuple(score_pairs(lm, [(it.a, it.b) for it in its], bank.vectors, bank.layer,
-                                               template, bs, max_rows, tokens=tokens)
-                                   for its in (train_items, eval_items))
-        s_train, s_eval = scores[tokens]
-        cols = [bank.index(r) for r in spec["basis"]] if spec.get("basis") else list(range(len(bank)))
-        idx = nested_subset(train_items, spec.get("analogies_per_relation"))
-        overrides = {k: spec[k] for k in SCHEME_KEYS if spec.get(k) is not None}
-        combiner = instantiate(cfg.composition.scheme, **scheme_kwargs(cfg.composition, len(cols)), **overrides)
-        basis = bank.vectors[cols]
-        combiner.attach(lm, basis, bank.layer)
-        data = AnalogyDataModule([train_items[i] for i in idx], s_train[idx][:, cols], lm.tokenizer, template,
-                                 int(t_cfg.batch_size), float(t_cfg.val_fraction), seed,
-                                 prefix_cache=lm.prefix_cache)
-        log.info("ablation %s: %d basis vectors, %d training analogies, %s", name, len(cols), len(idx),
-                 overrides or "reference map")
-        info = fit_combiner(combiner, data, trainer_factory(t_cfg, lm), out / "ablations" / name)
-        combiner.eval()
-        with torch.no_grad():
-            cfvs[name] = compose(combiner.weights(s_eval[:, cols]).detach().float().cpu(), basis)
-        variants[name] = {**spec, "n_basis": len(cols), "n_train_analogies": len(idx), "score_tokens": tokens,
-                          "epochs": info.get("epochs"), **combiner.describe()}
-    results = evaluate_methods(lm, eval_items, cfvs, bank.layer, template, "zero_shot", bs)
-    everything = list(range(len(eval_items)))
-    per_item = {"reference": (everything, reference), **{n: (everything, r) for n, r in results.items()}}
+        folder = out / "ablations" / name
+        saved = load_variant(folder, spec, len(eval_items)) if runs.resuming(cfg) else None
+        if saved is not None:
+            log.info("ablation %s: reusing the outcomes in %s", name, folder)
+            variants[name], per_item[name] = saved[0], (everything, saved[1])
+        else:
+            tokens = spec.get("score_tokens") or ref_tokens
+            if tokens not in scores:  # one more scoring pass, shared by every variant that needs it
+                log.info("ablations: scoring the basis with %s-token source scores", tokens)
+                scores[tokens] = tuple(score_pairs(lm, [(it.a, it.b) for it in its], bank.vectors, bank.layer,
+                                                   template, bs, max_rows, tokens=tokens)
+                                       for its in (train_items, eval_items))
+            s_train, s_eval = scores[tokens]
+            cols = [bank.index(r) for r in spec["basis"]] if spec.get("basis") else list(range(len(bank)))
+            idx = nested_subset(train_items, spec.get("analogies_per_relation"))
+            overrides = {k: spec[k] for k in SCHEME_KEYS if spec.get(k) is not None}
+            combiner = instantiate(cfg.composition.scheme, **scheme_kwargs(cfg.composition, len(cols)), **overrides)
+            basis = bank.vectors[cols]
+            combiner.attach(lm, basis, bank.layer)
+            data = AnalogyDataModule([train_items[i] for i in idx], s_train[idx][:, cols], lm.tokenizer, template,
+                                     int(t_cfg.batch_size), float(t_cfg.val_fraction), seed,
+                                     prefix_cache=lm.prefix_cache)
+            log.info("ablation %s: %d basis vectors, %d training analogies, %s", name, len(cols), len(idx),
+                     overrides or "reference map")
+            info = fit_combiner(combiner, data, trainer_factory(t_cfg, lm), folder)
+            combiner.eval()
+            with torch.no_grad():
+                cfv = compose(combiner.weights(s_eval[:, cols]).detach().float().cpu(), basis)
+            variants[name] = {**spec, "n_basis": len(cols), "n_train_analogies": len(idx), "score_tokens": tokens,
+                              "epochs": info.get("epochs"), **combiner.describe()}
+            res = evaluate_methods(lm, eval_items, {name: cfv}, bank.layer, template, "zero_shot", bs)[name]
+            save_variant(folder, spec, variants[name], res)
+            per_item[name] = (everything, res)
+        block = ablation_block(eval_items, variants, per_item, seed)
+        if on_variant is not None:
+            on_variant(block)
+    return block
+
+
+def ablation_block(eval_items: list, variants: dict, per_item: dict, seed: int) -> dict:
+    """The ``ablations`` block of the compose metrics for the variants in ``per_item``."""
+    from fvtrain.evaluation.analogy import paired_differences, summarise
+
     return {
-        "variants": variants,
+        "variants": {n: variants[n] for n in per_item},
         "methods": {n: summarise(eval_items, r) for n, (_, r) in per_item.items()},
-        "differences": paired_differences(eval_items, per_item, [("reference", n) for n in cfvs], seed),
+        "differences": paired_differences(eval_items, per_item, [("reference", n) for n in per_item
+                                                                 if n != "reference"], seed),
     }
+
+
+OUTCOMES = "outcomes.json"
+
+
+def save_variant(folder: Path, spec: dict, variant: dict, res) -> Path:
+    """A variant's spec, description and per-item outcomes (atomic JSON)."""
+    from fvtrain.artifacts import write_json
+
+    return write_json(Path(folder) / OUTCOMES, {
+        "spec": spec, "variant": variant,
+        "open_correct": res.open_correct.int().tolist(), "mc_correct": res.mc_correct.tolist(),
+        "mc_pred": res.mc_pred.tolist(), "open_pred": list(res.open_pred)})
+
+
+def load_variant(folder: Path, spec: dict, n_items: int):
+    """``(variant, ItemResults)`` saved by :func:`save_variant` for this very spec, else None."""
+    from fvtrain.artifacts import read_json
+    from fvtrain.evaluation.analogy import ItemResults
+
+    path = Path(folder) / OUTCOMES
+    if not path.exists():
+        return None
+    d = read_json(path)
+    if d.get("spec") != spec or len(d.get("open_correct", ())) != n_items:
+        log.info("ablation %s: %s holds another spec or item set; training it again", spec["name"], path)
+        return None
+    res = ItemResults(torch.tensor(d["open_correct"], dtype=torch.bool),
+                      torch.tensor([float("nan") if v is None else v for v in d["mc_correct"]]),
+                      torch.tensor(d["mc_pred"], dtype=torch.long), list(d["open_pred"]))
+    return d["variant"], res

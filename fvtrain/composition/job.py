@@ -305,9 +305,14 @@ def run(cfg: DictConfig, out: Path | str, lm: ModelLike, basis: Path | str | Non
         # After the main results are on disk: the variants take a while on a large bank.
         from fvtrain.composition.ablation import run_ablations
 
+        base = dict(metrics)
+
+        def write(block: dict) -> dict:  # after every variant: a stopped run keeps what it finished
+            return runs.write_metrics(out, "compose", {**base, "ablations": block})
+
         ablations = run_ablations(cfg, lm, bank, eval_items, scores, train_items, train_scores,
-                                  results[main_name], template, seed, out)
-        metrics = runs.write_metrics(out, "compose", {**metrics, "ablations": ablations})
+                                  results[main_name], template, seed, out, on_variant=write)
+        metrics = write(ablations)
     return ComposeResult("compose", out, metrics, bank=Path(bank.path), scheme=main_name)
 
 
