@@ -144,7 +144,7 @@ def _eval_shared(lm: FrozenLM, items: Sequence[AnalogyItem], template: PromptTem
     open-ended prediction and the first-token log-probabilities of every candidate. Candidates of
     more than one token then continue from that token's cache, one row per candidate (item-major,
     padded to the most candidates), with no further injection. With ``budget`` (greedy steps per
-    item) every method's greedy continuation also starts from that token's logits and cache, as
+    item) every method's greedy continuation also starts from that token's top token and cache, as
     :func:`~fvtrain.evaluation.relation.exact_match_methods` would run them: its raw text is the
     tuple's fifth element.
     """
