@@ -116,18 +116,18 @@ def _budget(cfg):
 
 def test_the_pipeline_keeps_its_cpu_budget(tmp_path):
     cfg = compose("pipeline", output_dir=tmp_path)
-    assert _budget(cfg) == (TWELVE, 20, 10, True, 16, 64, 16, 64)
+    assert _budget(cfg) == (TWELVE, 20, 10, True, 64, 256, 16, 64)
     assert cfg.stages == ["extract", "train", "compose", "eval", "report"]
     assert cfg.alignment.held_out is True
 
     relsim = compose("pipeline", ["experiment=relsim"], output_dir=tmp_path)
     assert relsim.data.path == "../shared/data/semeval2012_task2" and len(relsim.data.relations) == 20
-    assert _budget(relsim)[1:] == (20, 10, True, 16, 64, 16, 64)
+    assert _budget(relsim)[1:] == (20, 10, True, 64, 256, 16, 64)
     assert relsim.judgments.path == "../shared/data/relsim_chen2017/relsim"
     assert relsim.stages == ["extract", "train", "eval", "report"]
 
     llama = compose("pipeline", ["experiment=llama_paper"], output_dir=tmp_path)
-    assert _budget(llama) == (TWELVE, 20, 10, True, 16, 64, 16, 64) and llama.extract.layer == 5
+    assert _budget(llama) == (TWELVE, 20, 10, True, 64, 256, 16, 64) and llama.extract.layer == 5
 
 
 def test_entry_points_keep_their_own_defaults(tmp_path):
