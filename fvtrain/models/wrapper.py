@@ -185,6 +185,11 @@ class FrozenLM:
         """
         head = self.adapter.unembedding
         weight, bias = head.weight, getattr(head, "bias", None)
+        if weight.device.type == "meta":  # offloaded (device_map): only the module's own call loads it
+            logits = self.logits_of(hidden).float()
+            picked = None if token_ids is None else logits.gather(1, token_ids.to(logits.device))
+            return VocabStats(logits.logsumexp(-1), picked, logits.argmax(-1))
+        hidden = hidden.to(weight.device)  # device_map may put the head on another GPU than the last block
         cap = self.adapter.logit_softcap
         R = hidden.shape[0]
         dev = hidden.device
