@@ -39,6 +39,20 @@ def method_rows(methods: Mapping[str, torch.Tensor | None], start: int, B: int
     return (torch.cat(vecs), torch.cat(rows)) if vecs else None
 
 
+def first_token_outcomes(lm: FrozenLM, hidden: torch.Tensor, batch, repeat: int = 1
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(P(first target token), top-1 starts an accepted answer)``, each ``[B, repeat]`` on the CPU,
+    from final-normed last-token states ``[B * repeat, d]`` of ``batch``'s prompts (row
+    ``b * repeat + r``)."""
+    B = len(batch)
+    with torch.no_grad():
+        st = lm.vocab_stats(hidden, batch.target_ids[:, :1].repeat_interleave(repeat, 0))
+    p = st.logprob()[:, 0].exp().view(B, repeat).cpu()
+    firsts = batch.first_token_matrix().cpu().repeat_interleave(repeat, 0)
+    ok = (st.argmax.cpu().unsqueeze(1) == firsts).any(-1).view(B, repeat)
+    return p, ok
+
+
 def completion(
     lm: FrozenLM,
     prompts: Sequence[str],
@@ -90,10 +104,7 @@ def completion_methods(
                 ids, mask = (t.repeat_interleave(M, 0) for t in (b.prompt_ids, b.prompt_mask))
                 with edit:
                     hidden = lm.body(ids, mask).last_hidden_state[:, -1]
-            st = lm.vocab_stats(hidden, b.target_ids[:, :1].repeat_interleave(M, 0))
-        p = st.logprob()[:, 0].exp().view(B, M).cpu()
-        firsts = b.first_token_matrix().repeat_interleave(M, 0)
-        ok = (st.argmax.cpu().unsqueeze(1) == firsts).any(-1).view(B, M)
+            p, ok = first_token_outcomes(lm, hidden, b, M)
         for m, n in enumerate(names):
             acc[n].update(ok[:, m].float())
             prob[n].update(p[:, m])
@@ -128,10 +139,7 @@ def layer_sweep(
         edits = [(l, vector, (layers_of_row == l).nonzero(as_tuple=True)[0]) for l in range(L)]
         with torch.no_grad(), lm.inject_many(edits):
             hidden = lm.last_token(ids, mask, cache, repeat=L, hidden_only=True)
-            st = lm.vocab_stats(hidden, b.target_ids[:, :1].repeat_interleave(L, 0))
-        p = st.logprob()[:, 0].exp().view(B, L).cpu()
-        firsts = b.first_token_matrix().repeat_interleave(L, 0)
-        ok = (st.argmax.cpu().unsqueeze(1) == firsts).any(-1).view(B, L)
+        p, ok = first_token_outcomes(lm, hidden, b, L)
         correct += ok.float().sum(0).cpu()
         prob += p.sum(0).cpu()
         n += B

@@ -20,7 +20,7 @@ from fvtrain import runs
 from fvtrain.artifacts import file_stem, save_tensors, save_vector
 from fvtrain.data.select import name_list
 from fvtrain.data.splits import Split, split_hash
-from fvtrain.evaluation.relation import completion, completion_methods, layer_sweep
+from fvtrain.evaluation.relation import completion, completion_methods, first_token_outcomes, layer_sweep
 from fvtrain.extraction.activations import mean_head_activations
 from fvtrain.extraction.aie import aie_fast, aie_reference
 from fvtrain.extraction.fv import FV_BIAS, FV_VARIANTS, centred_function_vector, function_vector, top_heads
@@ -83,8 +83,7 @@ def solved(lm: FrozenLM, batch) -> torch.Tensor:
     ``lm.score(batch).correct`` says, from the prompt columns alone)."""
     with torch.no_grad():
         hidden = lm.body(batch.prompt_ids, batch.prompt_mask).last_hidden_state[:, -1]
-        top = lm.vocab_stats(hidden).argmax.cpu()
-    return (top.unsqueeze(1) == batch.first_token_matrix()).any(-1)
+    return first_token_outcomes(lm, hidden, batch)[1][:, 0]
 
 
 def baseline_mean(lm: FrozenLM, cfg: DictConfig, template: PromptTemplate, demos: list,
