@@ -74,17 +74,9 @@ def run_ablations(cfg: DictConfig, lm, bank, eval_items: list, eval_scores: torc
     (the job rewrites ``metrics.json`` with it), so a run stopped half-way keeps what it finished.
     A resumed run (``ckpt_path`` set) reuses every variant whose saved spec is unchanged.
     """
-    from hydra.utils import instantiate
-
     from fvtrain import runs
-    from fvtrain.composition import compose, score_pairs
-    from fvtrain.composition.training import fit_combiner, scheme_kwargs, trainer_factory
-    from fvtrain.data.datamodules import AnalogyDataModule
-    from fvtrain.evaluation.analogy import evaluate_methods
 
     specs = check_specs(cfg.compose.ablations, bank.names)
-    t_cfg = cfg.composition.train
-    bs, max_rows = int(cfg.compose.batch_size), int(cfg.compose.max_rows)
     ref_tokens = str(cfg.compose.get("score_tokens", "all"))
     scores = {ref_tokens: (train_scores, eval_scores)}
     ref = OmegaConf.to_container(cfg.composition.scheme, resolve=True)
@@ -101,37 +93,54 @@ def run_ablations(cfg: DictConfig, lm, bank, eval_items: list, eval_scores: torc
             log.info("ablation %s: reusing the outcomes in %s", name, folder)
             variants[name], per_item[name] = saved[0], (everything, saved[1])
         else:
-            tokens = spec.get("score_tokens") or ref_tokens
-            if tokens not in scores:  # one more scoring pass, shared by every variant that needs it
-                log.info("ablations: scoring the basis with %s-token source scores", tokens)
-                scores[tokens] = tuple(score_pairs(lm, [(it.a, it.b) for it in its], bank.vectors, bank.layer,
-                                                   template, bs, max_rows, tokens=tokens)
-                                       for its in (train_items, eval_items))
-            s_train, s_eval = scores[tokens]
-            cols = [bank.index(r) for r in spec["basis"]] if spec.get("basis") else list(range(len(bank)))
-            idx = nested_subset(train_items, spec.get("analogies_per_relation"))
-            overrides = {k: spec[k] for k in SCHEME_KEYS if spec.get(k) is not None}
-            combiner = instantiate(cfg.composition.scheme, **scheme_kwargs(cfg.composition, len(cols)), **overrides)
-            basis = bank.vectors[cols]
-            combiner.attach(lm, basis, bank.layer)
-            data = AnalogyDataModule([train_items[i] for i in idx], s_train[idx][:, cols], lm.tokenizer, template,
-                                     int(t_cfg.batch_size), float(t_cfg.val_fraction), seed,
-                                     prefix_cache=lm.prefix_cache)
-            log.info("ablation %s: %d basis vectors, %d training analogies, %s", name, len(cols), len(idx),
-                     overrides or "reference map")
-            info = fit_combiner(combiner, data, trainer_factory(t_cfg, lm), folder)
-            combiner.eval()
-            with torch.no_grad():
-                cfv = compose(combiner.weights(s_eval[:, cols]).detach().float().cpu(), basis)
-            variants[name] = {**spec, "n_basis": len(cols), "n_train_analogies": len(idx), "score_tokens": tokens,
-                              "epochs": info.get("epochs"), **combiner.describe()}
-            res = evaluate_methods(lm, eval_items, {name: cfv}, bank.layer, template, "zero_shot", bs)[name]
+            variants[name], res = train_variant(cfg, lm, bank, spec, scores, train_items, eval_items,
+                                                template, seed, folder)
             save_variant(folder, spec, variants[name], res)
             per_item[name] = (everything, res)
         block = ablation_block(eval_items, variants, per_item, seed)
         if on_variant is not None:
             on_variant(block)
     return block
+
+
+def train_variant(cfg: DictConfig, lm, bank, spec: dict, scores: dict, train_items: list, eval_items: list,
+                  template, seed: int, folder: Path):
+    """Fit one variant's combiner and evaluate its CFVs: ``(variant description, ItemResults)``.
+    ``scores`` maps a score type to its ``(train, eval)`` source scores; a missing one is computed
+    once and kept there for the variants after it."""
+    from hydra.utils import instantiate
+
+    from fvtrain.composition import compose, score_pairs
+    from fvtrain.composition.training import fit_combiner, scheme_kwargs, trainer_factory
+    from fvtrain.data.datamodules import AnalogyDataModule
+    from fvtrain.evaluation.analogy import evaluate_methods
+
+    name, t_cfg = spec["name"], cfg.composition.train
+    bs, max_rows = int(cfg.compose.batch_size), int(cfg.compose.max_rows)
+    tokens = spec.get("score_tokens") or str(cfg.compose.get("score_tokens", "all"))
+    if tokens not in scores:  # one more scoring pass, shared by every variant that needs it
+        log.info("ablations: scoring the basis with %s-token source scores", tokens)
+        scores[tokens] = tuple(score_pairs(lm, [(it.a, it.b) for it in its], bank.vectors, bank.layer,
+                                           template, bs, max_rows, tokens=tokens)
+                               for its in (train_items, eval_items))
+    s_train, s_eval = scores[tokens]
+    cols = [bank.index(r) for r in spec["basis"]] if spec.get("basis") else list(range(len(bank)))
+    idx = nested_subset(train_items, spec.get("analogies_per_relation"))
+    overrides = {k: spec[k] for k in SCHEME_KEYS if spec.get(k) is not None}
+    combiner = instantiate(cfg.composition.scheme, **scheme_kwargs(cfg.composition, len(cols)), **overrides)
+    basis = bank.vectors[cols]
+    combiner.attach(lm, basis, bank.layer)
+    data = AnalogyDataModule([train_items[i] for i in idx], s_train[idx][:, cols], lm.tokenizer, template,
+                             int(t_cfg.batch_size), float(t_cfg.val_fraction), seed, prefix_cache=lm.prefix_cache)
+    log.info("ablation %s: %d basis vectors, %d training analogies, %s", name, len(cols), len(idx),
+             overrides or "reference map")
+    info = fit_combiner(combiner, data, trainer_factory(t_cfg, lm), folder)
+    combiner.eval()
+    with torch.no_grad():
+        cfv = compose(combiner.weights(s_eval[:, cols]).detach().float().cpu(), basis)
+    variant = {**spec, "n_basis": len(cols), "n_train_analogies": len(idx), "score_tokens": tokens,
+               "epochs": info.get("epochs"), **combiner.describe()}
+    return variant, evaluate_methods(lm, eval_items, {name: cfv}, bank.layer, template, "zero_shot", bs)[name]
 
 
 def ablation_block(eval_items: list, variants: dict, per_item: dict, seed: int) -> dict:

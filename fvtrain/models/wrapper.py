@@ -142,7 +142,7 @@ class FrozenLM:
 
         transformers' causal-LM heads unembed a strided slice of the hidden states, which matmul
         turns into a batched product that rereads the whole unembedding once per prompt: 4-7x
-        slower on a 262k vocabulary (README "Performance")."""
+        slower on a 262k vocabulary (README, `fvtrain`: "Where the time goes")."""
         if isinstance(logits_to_keep, torch.Tensor):
             hidden = hidden[:, logits_to_keep.to(hidden.device)]
         elif logits_to_keep:
