@@ -64,6 +64,50 @@ def test_mean_activations_batched_equals_single():
     assert a.shape == (lm.n_layers, lm.n_heads, lm.head_dim)
 
 
+@pytest.mark.parametrize("family", ["llama", "gemma3", "gpt2", "gptj", "gpt_neox"])
+def test_mean_activations_equal_the_heads_of_the_full_forward(family):
+    """Mean activations leave out the last block's MLP (nothing they read comes after it): they
+    equal the head inputs recorded during the model's whole forward, parallel blocks included."""
+    lm = load_model(f"tiny-{family}")
+    prompts = [p for p, _ in sample_icl_prompts(PromptTemplate(), PAIRS, PAIRS[:5], 3, random.Random(0))]
+    b = make_batch(lm.tokenizer, prompts, ["x"] * len(prompts))
+    with torch.no_grad(), lm.record_heads() as rec:
+        lm.forward(b.prompt_ids, b.prompt_mask)
+    want = torch.stack([rec[l].mean(0) for l in range(lm.n_layers)])
+    torch.testing.assert_close(mean_head_activations(lm, prompts, batch_size=5), want, rtol=1e-5, atol=1e-6)
+    owner, name = lm.adapter.mlp_slot(lm.n_layers - 1)
+    assert type(getattr(owner, name)).__name__ != "_NoMLP"  # the MLP is back after the pass
+
+
+@pytest.mark.parametrize("pattern", ["all", "none", "every_third", "late"])
+def test_icl_filter_keeps_the_first_solved_and_runs_no_candidate_it_cannot_keep(pattern):
+    """The AIE's candidate filter keeps the first n solved candidates in order, judges each at
+    most once, in chunks no larger than the batch size, and stops before any candidate that could
+    no longer be kept (beyond the smallest chunk)."""
+    from fvtrain.extraction.job import MIN_FILTER_CHUNK, first_solved
+
+    cands = list(range(75))
+    good = {"all": lambda i: True, "none": lambda i: False, "every_third": lambda i: i % 3 == 0,
+            "late": lambda i: i >= 40}[pattern]
+    judged: list[list[int]] = []
+
+    def judge(chunk):
+        judged.append(list(chunk))
+        return [good(i) for i in chunk]
+
+    n = 25
+    kept = first_solved(cands, n, 16, judge)
+    assert kept == [i for i in cands if good(i)][:n]
+    flat = [i for chunk in judged for i in chunk]
+    assert flat == cands[: len(flat)]  # in order, each once
+    assert all(len(chunk) <= 16 for chunk in judged)
+    if len(kept) == n:
+        last_needed = cands.index(kept[-1])
+        assert len(flat) <= last_needed + MIN_FILTER_CHUNK
+    else:
+        assert flat == cands  # too few solved: every candidate was judged
+
+
 def test_function_vector_is_sum_of_head_outputs():
     """On an architecture without an attention-output norm the FV is the plain W_O sum."""
     lm = load_model("tiny-gpt2")

@@ -164,6 +164,37 @@ def test_forward_logits_equal_the_models_own(tiny_lm):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
+def test_repeated_continuation_equals_a_repeated_cache(tiny_lm):
+    """continue_from(repeat=r) writes each prefix row r times inside its first cache update
+    instead of repeating the cache first; its logits, and the cache it leaves (a second step
+    from it), equal those from a cache repeated beforehand, on sliding-window layers too (the
+    tiny Gemmas' window of 8 is shorter than these prompts). Each repeated row gets its own
+    vector, so rows in the wrong order would show; the prefix cache is left as it was."""
+    lm, r = tiny_lm, 3
+    b = lm.batch(PROMPTS, ANSWERS)
+    ids, mask = b.input_ids, b.attention_mask
+    B, P = ids.shape[0], b.prompt_ids.shape[1]  # P - 1 prefix columns, then two steps
+    assert P - 1 > 8
+    cache = lm.prefix_cache(ids[:, :P], mask[:, :P])
+    before = [t.clone() for layer in cache.layers for t in (layer.keys, layer.values)]
+    vs = torch.randn(B * r, lm.d_model, generator=torch.Generator().manual_seed(0))
+    rep = lambda t: t.repeat_interleave(r, 0)  # noqa: E731
+
+    def two_steps(cache, repeat, widen):
+        with torch.no_grad(), lm.inject(vs, 0):
+            one = lm.continue_from(cache, widen(ids[:, P - 1 : P]), widen(mask[:, :P]), repeat=repeat)
+            two = lm.continue_from(one.cache, rep(ids[:, P : P + 1]), rep(mask[:, : P + 1]))
+        return one.logits, two.logits
+
+    got = two_steps(cache, r, lambda t: t)
+    want = two_steps(lm.repeat_cache(lm.cache_rows(cache, torch.arange(B)), r), 1, rep)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(got[0][0], got[0][1])  # the rows really differ
+    after = [t for layer in cache.layers for t in (layer.keys, layer.values)]
+    assert all(torch.equal(x, y) for x, y in zip(before, after))
+
+
 @pytest.mark.parametrize("chunk", [7, 64, 100_000])
 def test_vocab_stats_equal_the_full_logits(tiny_lm, chunk):
     """Chunked log-normaliser, picked logits and argmax equal those of the full logits (with the
@@ -342,3 +373,19 @@ def test_remote_code_never_runs_by_default(tmp_path):
     with pytest.raises(Exception):
         load_model(str(tmp_path))
     assert not marker.exists()
+
+
+def test_freed_memory_is_kept_on_glibc_unless_switched_off():
+    """Loading a model raises glibc's mmap/trim thresholds once (allocator.py: freed tensor blocks
+    are reused instead of faulted in afresh); FVTRAIN_KEEP_FREED_MEMORY=0 leaves malloc alone."""
+    import os
+    import platform
+    import subprocess
+    import sys
+
+    code = ("from fvtrain.models import load_model; from fvtrain.models import allocator; "
+            "load_model('tiny-llama'); print(allocator._done)")
+    for value, want in (("1", platform.libc_ver()[0] == "glibc"), ("0", False)):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                             env={**os.environ, "FVTRAIN_KEEP_FREED_MEMORY": value})
+        assert out.stdout.strip() == str(want), (value, out.stdout, out.stderr[-2000:])

@@ -27,8 +27,9 @@ def mean_head_activations(
         chunk = list(prompts[i : i + batch_size])
         # A throwaway one-token answer: only the prompt columns are run.
         b = make_batch(lm.tokenizer, chunk, ["x"] * len(chunk))
-        with torch.no_grad(), lm.record_heads() as rec:
-            lm.body(b.prompt_ids, b.prompt_mask)  # the heads' inputs only: no unembedding
+        # The heads' inputs only: no unembedding, and no MLP after the last heads.
+        with torch.no_grad(), lm.record_heads() as rec, lm.without_final_mlp():
+            lm.body(b.prompt_ids, b.prompt_mask)
         total += torch.stack([rec[l].double().sum(0).cpu() for l in range(lm.n_layers)])
         if progress:
             progress(len(chunk))

@@ -117,10 +117,11 @@ def aie_fast(
         cache = lm.prefix_cache(gi, gm)
         with torch.no_grad():
             if layer_start:
-                logits0, resid = lm.last_token_inputs(gi, gm, cache)
+                hidden0, resid = lm.last_token_inputs(gi, gm, cache)
             else:
-                logits0, resid = lm.last_token(gi, gm, cache), None
-            base[g0 : g0 + n] = _target_prob(logits0, targets[g0 : g0 + n].to(lm.device)).cpu()
+                hidden0, resid = lm.last_token(gi, gm, cache, hidden_only=True), None
+            st = lm.vocab_stats(hidden0, targets[g0 : g0 + n].unsqueeze(1))
+            base[g0 : g0 + n] = st.logprob()[:, 0].exp().cpu()
             for cl, ch, start in chunks:
                 r = len(cl)
                 rows = torch.arange(n * r)

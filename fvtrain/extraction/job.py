@@ -41,6 +41,8 @@ from fvtrain.tracking import tracked
 
 log = logging.getLogger(__name__)
 
+MIN_FILTER_CHUNK = 4  # the smallest batch of candidates the ICL filter runs (fewer is mostly overhead)
+
 
 @dataclass
 class Extracted:
@@ -84,6 +86,19 @@ def solved(lm: FrozenLM, batch) -> torch.Tensor:
     with torch.no_grad():
         hidden = lm.body(batch.prompt_ids, batch.prompt_mask).last_hidden_state[:, -1]
     return first_token_outcomes(lm, hidden, batch)[1][:, 0]
+
+
+def first_solved(cands: list, n: int, batch_size: int, judge) -> list:
+    """The first ``n`` candidates, in order, that ``judge`` (a chunk -> one bool each) passes.
+
+    Chunks are never larger than the number still missing (nor than ``batch_size``, nor smaller
+    than ``MIN_FILTER_CHUNK``): a candidate after the ``n``-th solved one would be run for nothing.
+    """
+    ok: list[bool] = []
+    while len(ok) < len(cands) and sum(ok) < n:
+        size = min(batch_size, max(MIN_FILTER_CHUNK, n - sum(ok)))
+        ok += judge(cands[len(ok) : len(ok) + size])
+    return [c for c, good in zip(cands, ok) if good][:n]
 
 
 def baseline_mean(lm: FrozenLM, cfg: DictConfig, template: PromptTemplate, demos: list,
@@ -156,14 +171,10 @@ def extract_relation(
         demos = sample_demos(train, q.x, n_shots, rng)
         cands.append((q, icl(template, demos, q.x), shuffled_icl(template, demos, q.x, rng)))
     if cfg.filter_correct:
-        ok = []
-        for i in range(0, len(cands), int(cfg.batch_size)):
-            if sum(ok) >= n_corrupt:
-                break  # enough solved queries: later candidates would not be kept anyway
-            chunk = cands[i : i + int(cfg.batch_size)]
+        def judge(chunk):
             b = make_batch(lm.tokenizer, [c[1] for c in chunk], [c[0].answers for c in chunk], template)
-            ok += solved(lm, b).tolist()
-        kept = [c for c, good in zip(cands, ok) if good][:n_corrupt]
+            return solved(lm, b).tolist()
+        kept = first_solved(cands, n_corrupt, int(cfg.batch_size), judge)
         if not kept:
             log.warning("%s: the model solves none of %d clean ICL prompts; using unfiltered "
                         "shuffled prompts for the AIE", split.relation, len(cands))

@@ -24,6 +24,7 @@ class ArchSpec:
     relative to one block, ``final_norm`` the norm applied before the unembedding.
     ``conv1d`` marks GPT-2's ``Conv1D`` whose weight is stored ``[in, out]``. ``attn_out_norm``
     names a norm applied to the attention output before the residual add (Gemma 2/3, OLMo 2).
+    ``mlp`` is the feed-forward module relative to one block (``d_model`` in and out).
     """
 
     blocks: str
@@ -31,6 +32,7 @@ class ArchSpec:
     final_norm: str
     conv1d: bool = False
     attn_out_norm: str | None = None
+    mlp: str = "mlp"
 
 
 _LLAMA_LIKE = ArchSpec("model.layers", "self_attn.o_proj", "model.norm")
@@ -116,6 +118,12 @@ class Adapter:
 
     def out_proj(self, layer: int) -> nn.Module:
         return _get(self.blocks[layer], self.spec.out_proj)
+
+    def mlp_slot(self, layer: int) -> tuple[nn.Module, str]:
+        """The module holding block ``layer``'s MLP and its attribute name (to swap it out)."""
+        *parents, name = self.spec.mlp.split(".")
+        owner = _get(self.block(layer), ".".join(parents)) if parents else self.block(layer)
+        return owner, name
 
     def _out_proj_in_features(self, proj: nn.Module) -> int:
         if self.spec.conv1d:

@@ -266,6 +266,30 @@ class _Skip(torch.nn.Module):
         return (hidden,) if self.as_tuple else hidden
 
 
+class _NoMLP(torch.nn.Module):
+    """Stands in for an MLP whose output nothing reads: adds zero to the residual stream."""
+
+    def forward(self, hidden, *args, **kwargs):
+        return torch.zeros_like(hidden)
+
+
+@contextmanager
+def skip_mlp(adapter: Adapter, layer: int) -> Iterator[None]:
+    """Do not run block ``layer``'s MLP (its output is zero) for the next forwards.
+
+    For passes that read only what comes before it: the block's keys/values (a prefix cache)
+    or its heads' inputs (mean activations). In the last block the MLP feeds nothing else, and
+    it is most of the block's work.
+    """
+    owner, name = adapter.mlp_slot(layer)
+    mlp = getattr(owner, name)
+    setattr(owner, name, _NoMLP())
+    try:
+        yield
+    finally:
+        setattr(owner, name, mlp)
+
+
 @contextmanager
 def start_at(adapter: Adapter, layer: int, residual: torch.Tensor, as_tuple: bool = False) -> Iterator[None]:
     """Run only blocks ``layer..L-1``, feeding ``residual`` (``[B, T, d_model]``) to block ``layer``.

@@ -253,8 +253,10 @@ def load_model(
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from fvtrain.models.allocator import keep_freed_memory
     from fvtrain.models.wrapper import FrozenLM
 
+    keep_freed_memory()  # model passes reallocate the same shapes: keep their pages (allocator.py)
     source = resolve_source(name, revision)
     torch_dtype = resolve_dtype(dtype)
     if source.kind == "tiny":
