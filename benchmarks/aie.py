@@ -1,7 +1,7 @@
 """Fast (cached prefix, batched heads) versus reference (one forward per head) AIE.
 
     python benchmarks/aie.py [--relation antonym] [--n-corrupt 25] [--n-prompts 100] [--max-rows 512]
-                             [--no-layer-start]
+                             [--no-layer-start] [--repeats 3]
 
 On the embedded model and one built-in relation with the default counts, computes the mean head
 activations once, then the AIE by both paths in one process; checks that they agree (max abs
@@ -32,6 +32,7 @@ def main() -> None:
     ap.add_argument("--no-layer-start", dest="layer_start", action="store_false",
                     help="run every patched token through all layers")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--repeats", type=int, default=3, help="timed calls of the fast path (median)")
     args = ap.parse_args()
 
     from fvtrain.data.readers import read
@@ -56,9 +57,15 @@ def main() -> None:
     batch = make_batch(lm.tokenizer, [p for p, _ in corrupt], [a for _, a in corrupt], T)
     tokens = batch.prompt_mask.sum(1).float().mean().item()
 
-    t0 = time.perf_counter()
-    fast, _ = aie_fast(lm, batch, mean, max_rows=args.max_rows, layer_start=args.layer_start)
-    t_fast = time.perf_counter() - t0
+    # The fast path is one call of seconds: one untimed call first (first-use costs of its shapes),
+    # then the median of --repeats. The reference's 1,825 forwards amortise their own first use.
+    runs = []
+    for i in range(1 + args.repeats):
+        t0 = time.perf_counter()
+        fast, _ = aie_fast(lm, batch, mean, max_rows=args.max_rows, layer_start=args.layer_start)
+        runs.append(time.perf_counter() - t0)
+    t_first, runs = runs[0], sorted(runs[1:])
+    t_fast = runs[len(runs) // 2]
     t0 = time.perf_counter()
     ref, _ = aie_reference(lm, batch, mean)
     t_ref = time.perf_counter() - t0
@@ -76,7 +83,8 @@ def main() -> None:
           f"mean length T = {tokens:.1f} tokens; torch threads {torch.get_num_threads()}")
     print(f"mean head activations ({args.n_prompts} prompts): {t_mean:8.2f} s")
     print(f"reference AIE: {t_ref:8.2f} s  ({args.n_corrupt * (1 + n_heads)} forwards)")
-    print(f"fast AIE:      {t_fast:8.2f} s  (max_rows={args.max_rows}, layer_start={args.layer_start})")
+    print(f"fast AIE:      {t_fast:8.2f} s  (max_rows={args.max_rows}, layer_start={args.layer_start}; "
+          f"median of {len(runs)}: {', '.join(f'{t:.2f}' for t in runs)}; first call {t_first:.2f} s)")
     print(f"ratio reference/fast: {ratio:6.1f}x   (bar: 30x)")
     print(f"ceiling from token counts, all layers (1+HL)*T/(T+HL):          {ceiling_all:6.1f}x")
     print(f"ceiling from token counts, layer start (1+HL)*T/(T+H(L+1)/2):   {ceiling_start:6.1f}x")
