@@ -93,7 +93,12 @@ def check_extract(ex: DictConfig, n_heads_total: int | None = None) -> None:
         if key not in ex:
             continue  # a preset may set a few extract keys in a config that does not extract
         v = ex.get(key)
+        if key == "max_rows" and v == "auto":
+            continue  # sized from free memory once the model is loaded (FrozenLM.rows_that_fit)
         if v is None or isinstance(v, bool) or not isinstance(v, int) or v < low:
+            if key == "max_rows":
+                raise ConfigError(f"extract.max_rows={v!r}: it must be an integer >= 1, or auto to size "
+                                  "it from free memory; set e.g. extract.max_rows=512")
             raise ConfigError(f"extract.{key}={v!r}: it must be an integer >= {low}; "
                               f"set e.g. extract.{key}={max(low, 1) if key != 'n_shots' else 10}")
 

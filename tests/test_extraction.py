@@ -192,3 +192,32 @@ def test_completion_of_several_methods_in_one_pass_equals_full_forwards(family):
     b = make_batch(lm.tokenizer, prompts, answers)
     assert solved(lm, b).tolist() == lm.score(b).correct.tolist()
     assert got["none"]["correct"] == solved(lm, b).int().tolist()
+
+
+def test_auto_max_rows_fits_free_memory_and_gives_the_same_aie():
+    """extract.max_rows=auto: the rows' keys/values copies, one block's activations and a vocabulary
+    block fit in a quarter of free memory, in multiples of 16, at most 512 on a CPU; the AIE is
+    the one a fixed max_rows gives; a value that is neither an integer nor auto is refused."""
+    from omegaconf import OmegaConf
+
+    from fvtrain.errors import ConfigError
+    from fvtrain.extraction.job import aie_rows
+    from fvtrain.models.wrapper import CPU_MAX_ROWS, MIN_ROWS
+    from fvtrain.preflight import check_extract
+
+    lm = load_model("tiny-llama")
+    a = lm.adapter
+    per_row = (a.n_layers * 2 * a.n_kv_heads * 21 * a.head_dim * 4
+               + (a.n_heads * a.head_dim + 3 * a.d_intermediate + 4 * a.d_model) * 4 + 2 * 1024 * 4)
+    assert lm.rows_that_fit(20, free_bytes=4 * per_row * 100) == 96  # 100 rows fit: 96, a multiple of 16
+    assert lm.rows_that_fit(20, free_bytes=4 * per_row * 10**6) == CPU_MAX_ROWS
+    assert lm.rows_that_fit(20, free_bytes=0) == MIN_ROWS
+    assert MIN_ROWS <= lm.rows_that_fit(20) <= CPU_MAX_ROWS  # this machine's free memory
+    corrupt = _prompts(lm, 5, 4, seed=1)
+    mean = torch.randn(lm.n_layers, lm.n_heads, lm.head_dim, generator=torch.Generator().manual_seed(0))
+    auto = aie_rows(lm, "auto", corrupt)
+    torch.testing.assert_close(aie_fast(lm, corrupt, mean, max_rows=auto)[0],
+                               aie_fast(lm, corrupt, mean, max_rows=512)[0], rtol=0, atol=1e-6)
+    check_extract(OmegaConf.create({"max_rows": "auto"}))
+    with pytest.raises(ConfigError, match=r"extract.max_rows='lots': it must be an integer >= 1, or auto"):
+        check_extract(OmegaConf.create({"max_rows": "lots"}))

@@ -88,6 +88,16 @@ def solved(lm: FrozenLM, batch) -> torch.Tensor:
     return first_token_outcomes(lm, hidden, batch)[1][:, 0]
 
 
+def aie_rows(lm: FrozenLM, max_rows, batch) -> int:
+    """``extract.max_rows`` as a number: ``auto`` sizes it from the device's free memory."""
+    if str(max_rows) != "auto":
+        return int(max_rows)
+    rows = lm.rows_that_fit(batch.prompt_ids.shape[1])
+    log.info("extract.max_rows=auto: %d rows per forward (%d-token prompts, %s)", rows,
+             batch.prompt_ids.shape[1], lm.device)
+    return rows
+
+
 def first_solved(cands: list, n: int, batch_size: int, judge) -> list:
     """The first ``n`` candidates, in order, that ``judge`` (a chunk -> one bool each) passes.
 
@@ -193,7 +203,7 @@ def extract_relation(
     if cfg.aie_impl == "reference":
         effects, _ = aie_reference(lm, batch, mean, progress=advance)
     elif cfg.aie_impl == "fast":
-        effects, _ = aie_fast(lm, batch, mean, max_rows=int(cfg.max_rows), progress=advance,
+        effects, _ = aie_fast(lm, batch, mean, max_rows=aie_rows(lm, cfg.max_rows, batch), progress=advance,
                               layer_start=bool(cfg.layer_start))
     else:
         raise ValueError(f"extract.aie_impl must be 'fast' or 'reference', got {cfg.aie_impl!r}")

@@ -94,6 +94,8 @@ class Adapter:
         self.n_heads: int = int(_cfg(config, "num_attention_heads", "n_head"))
         self.n_kv_heads: int = int(_cfg(config, "num_key_value_heads", default=self.n_heads))
         self.d_model: int = int(_cfg(config, "hidden_size", "n_embd"))
+        self.d_intermediate: int = int(_cfg(config, "intermediate_size", "n_inner", default=None)
+                                       or 4 * self.d_model)  # GPT-2/J: n_inner None means 4 * d_model
         # The projection's input width is the truth: Gemma and Qwen3 have head_dim * heads != d_model.
         in_features = self._out_proj_in_features(self.out_proj(0))
         if in_features % self.n_heads:

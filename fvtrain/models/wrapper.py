@@ -32,6 +32,27 @@ class LMOutput:
 
 
 VOCAB_CHUNK = 1024  # tokens per unembedding block in FrozenLM.vocab_stats (benchmarks/aie.py: 1024 is fastest)
+# max_rows="auto" (FrozenLM.rows_that_fit): the share of free memory a batch of rows may take, and
+# its bounds (multiples of MIN_ROWS; CPU products are at full speed from a few hundred rows).
+ROW_MEMORY_SHARE = 0.25
+MIN_ROWS, CPU_MAX_ROWS, GPU_MAX_ROWS = 16, 512, 16384
+
+
+def free_memory(device: torch.device) -> int:
+    """Bytes free on ``device``: the GPU's own count, or the memory the OS can still give."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as f:
+            info = dict(line.split(":", 1) for line in f)
+        return int(info["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        import os
+
+        try:
+            return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            return 4 << 30  # unknown: assume a small laptop's
 
 
 @dataclass
@@ -115,6 +136,25 @@ class FrozenLM:
     def default_layer(self) -> int:
         """About a third of the way up (GPT-J: 9 of 28), the design's default injection layer."""
         return max(0, round(self.n_layers / 3))
+
+    def rows_that_fit(self, tokens: int, free_bytes: int | None = None, share: float = ROW_MEMORY_SHARE) -> int:
+        """Last-token rows per forward (``max_rows="auto"``) whose working memory fits in
+        ``share`` of the device's free memory, with prompts of ``tokens`` tokens.
+
+        A row holds its own copy of the prompt's keys and values in every layer, one block's
+        activations at a time, and a block of vocabulary logits. At most :data:`CPU_MAX_ROWS` on a
+        CPU, whose matrix products run at full speed from a few hundred rows (more only costs
+        memory); on a GPU the batch grows until memory is the limit, which keeps its kernels large.
+        """
+        if free_bytes is None:
+            free_bytes = free_memory(self.device)
+        a, elem = self.adapter, torch.finfo(self.dtype).bits // 8
+        kv = a.n_layers * 2 * a.n_kv_heads * (int(tokens) + 1) * a.head_dim * elem
+        block = (a.n_heads * a.head_dim + 3 * a.d_intermediate + 4 * a.d_model) * elem
+        per_row = kv + block + 2 * VOCAB_CHUNK * 4
+        rows = int(free_bytes * share) // per_row
+        cap = CPU_MAX_ROWS if self.device.type == "cpu" else GPU_MAX_ROWS
+        return max(MIN_ROWS, min(cap, rows // MIN_ROWS * MIN_ROWS))
 
     def to(self, device) -> "FrozenLM":
         self.model.to(device)
