@@ -93,14 +93,22 @@ def check_extract(ex: DictConfig, n_heads_total: int | None = None) -> None:
         if key not in ex:
             continue  # a preset may set a few extract keys in a config that does not extract
         v = ex.get(key)
-        if key == "max_rows" and v == "auto":
-            continue  # sized from free memory once the model is loaded (FrozenLM.rows_that_fit)
+        if key == "max_rows":
+            check_rows(v, "extract.max_rows")
+            continue
         if v is None or isinstance(v, bool) or not isinstance(v, int) or v < low:
-            if key == "max_rows":
-                raise ConfigError(f"extract.max_rows={v!r}: it must be an integer >= 1, or auto to size "
-                                  "it from free memory; set e.g. extract.max_rows=512")
             raise ConfigError(f"extract.{key}={v!r}: it must be an integer >= {low}; "
                               f"set e.g. extract.{key}={max(low, 1) if key != 'n_shots' else 10}")
+
+
+def check_rows(value, key: str) -> None:
+    """A rows-per-forward setting: a positive integer, or ``auto`` (sized from free memory once
+    the model is loaded, :meth:`FrozenLM.rows_that_fit`)."""
+    if value == "auto":
+        return
+    if value is None or isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{key}={value!r}: it must be an integer >= 1, or auto to size it from free "
+                          f"memory; set e.g. {key}=512")
 
 
 def check_trainer(trainer: DictConfig | None) -> None:
@@ -265,6 +273,8 @@ def check_config(cfg: DictConfig) -> None:
     check_devices(cfg)
     if cfg.get("extract") is not None:
         check_extract(cfg.extract)
+    if cfg.get("compose") is not None and "max_rows" in cfg.compose:
+        check_rows(cfg.compose.max_rows, "compose.max_rows")
     if cfg.get("trainer") is not None:
         check_trainer(cfg.trainer)
     if cfg.get("optim") is not None:

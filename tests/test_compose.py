@@ -72,7 +72,7 @@ PAIRS = [("hot", "cold"), ("big", "small and tiny"), ("France", "Paris"), ("up",
 
 
 @pytest.mark.parametrize("family", ["llama", "gemma3", "qwen3", "gpt2", "gpt_neox", "gptj"])
-@pytest.mark.parametrize("max_rows", [64, 5])
+@pytest.mark.parametrize("max_rows", [64, 5, "auto"])
 def test_batched_scoring_equals_loop(family, max_rows):
     lm = load_model(f"tiny-{family}")
     b = make_batch(lm.tokenizer, [zero_shot(T, a) for a, _ in PAIRS], [y for _, y in PAIRS], T)
@@ -80,6 +80,7 @@ def test_batched_scoring_equals_loop(family, max_rows):
     assert b.target_mask.sum(1).unique().numel() > 1  # and targets of different lengths
     bank = bank_tensor(lm, 7)
     fast = source_scores(lm, b, bank, 1, max_rows=max_rows)  # 5 rows: vectors split over forwards
+    # auto: sized from this machine's free memory (FrozenLM.rows_that_fit)
     ref = source_scores_loop(lm, b, bank, 1)
     assert fast.shape == ref.shape == (len(PAIRS), 7)
     assert (fast - ref).abs().max() <= 1e-5

@@ -221,3 +221,9 @@ def test_auto_max_rows_fits_free_memory_and_gives_the_same_aie():
     check_extract(OmegaConf.create({"max_rows": "auto"}))
     with pytest.raises(ConfigError, match=r"extract.max_rows='lots': it must be an integer >= 1, or auto"):
         check_extract(OmegaConf.create({"max_rows": "lots"}))
+    from fvtrain.config import compose
+    from fvtrain.preflight import check_config
+
+    check_config(compose("compose", ["compose.max_rows=auto"]))
+    with pytest.raises(ConfigError, match=r"compose.max_rows=0: it must be an integer >= 1, or auto"):
+        check_config(compose("compose", ["compose.max_rows=0"]))

@@ -116,7 +116,7 @@ def train_variant(cfg: DictConfig, lm, bank, spec: dict, scores: dict, train_ite
     from fvtrain.evaluation.analogy import evaluate_methods
 
     name, t_cfg = spec["name"], cfg.composition.train
-    bs, max_rows = int(cfg.compose.batch_size), int(cfg.compose.max_rows)
+    bs, max_rows = int(cfg.compose.batch_size), cfg.compose.max_rows  # an integer or auto
     tokens = spec.get("score_tokens") or str(cfg.compose.get("score_tokens", "all"))
     if tokens not in scores:  # one more scoring pass, shared by every variant that needs it
         log.info("ablations: scoring the basis with %s-token source scores", tokens)

@@ -210,7 +210,7 @@ def run(cfg: DictConfig, out: Path | str, lm: ModelLike, basis: Path | str | Non
     eval_items, skipped = check_encodable(lm.tokenizer, eval_items, template, cfg.analogies.on_bad)
     if not eval_items:
         raise ConfigError("no analogy item left to evaluate after dropping those that do not encode")
-    bs, max_rows = int(cfg.compose.batch_size), int(cfg.compose.max_rows)
+    bs, max_rows = int(cfg.compose.batch_size), cfg.compose.max_rows  # an integer or auto
     vectors, layer = bank.vectors, bank.layer
     log.info("bank: %d %s vectors at layer %d from %s; %d analogies", len(bank), bank.kind, layer,
              bank.path, len(eval_items))
@@ -383,7 +383,7 @@ def _train_affine(cfg, combiner, lm, bank, train_items, source, template, seed, 
         raise ConfigError("no training analogy left for the affine combiner")
     task = bar.add_task("scoring the basis on training A:B", total=len(train_items))
     s = score_pairs(lm, [(it.a, it.b) for it in train_items], bank.vectors, bank.layer, template,
-                    int(cfg.compose.batch_size), int(cfg.compose.max_rows),
+                    int(cfg.compose.batch_size), cfg.compose.max_rows,
                     progress=lambda n: bar.advance(task, n), tokens=str(cfg.compose.get("score_tokens", "all")))
     combiner.attach(lm, bank.vectors, bank.layer)
     data = AnalogyDataModule(train_items, s, lm.tokenizer, template, int(t_cfg.batch_size),

@@ -26,12 +26,13 @@ def source_scores(
     batch: PromptBatch,
     bank: torch.Tensor,
     layer: int,
-    max_rows: int = 64,
+    max_rows: int | str = 64,
     tokens: str = "all",
 ) -> torch.Tensor:
     """``[B, N]`` target log-probabilities of every batch row with every bank vector (batched).
 
-    At most ``max_rows`` (prompt, vector) rows run per forward; each prompt's prefix runs once.
+    At most ``max_rows`` (prompt, vector) rows run per forward (``"auto"``: as many as fit in
+    free memory, :meth:`FrozenLM.rows_that_fit`); each prompt's prefix runs once.
     ``tokens="first"`` scores the target's first token only (an ablation: cheaper, but blind to
     everything after a first token that many words share).
     """
@@ -45,6 +46,7 @@ def source_scores(
     if tokens == "first":
         M, target_mask = 1, target_mask[:, :1]
     B, N = len(batch), len(bank)
+    max_rows = lm.resolve_rows(max_rows, batch.input_ids.shape[1])
     vec_chunk = min(N, max(1, max_rows))
     per = max(1, max_rows // vec_chunk)
     out = torch.empty(B, N)
@@ -84,7 +86,7 @@ def score_pairs(
     layer: int,
     template: PromptTemplate | None = None,
     batch_size: int = 16,
-    max_rows: int = 64,
+    max_rows: int | str = 64,
     progress=None,
     tokens: str = "all",
 ) -> torch.Tensor:

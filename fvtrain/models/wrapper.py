@@ -156,6 +156,10 @@ class FrozenLM:
         cap = CPU_MAX_ROWS if self.device.type == "cpu" else GPU_MAX_ROWS
         return max(MIN_ROWS, min(cap, rows // MIN_ROWS * MIN_ROWS))
 
+    def resolve_rows(self, max_rows: int | str, tokens: int) -> int:
+        """A ``max_rows`` setting as a number: ``"auto"`` is :meth:`rows_that_fit` for ``tokens``."""
+        return self.rows_that_fit(tokens) if str(max_rows) == "auto" else int(max_rows)
+
     def to(self, device) -> "FrozenLM":
         self.model.to(device)
         return self
@@ -252,11 +256,10 @@ class FrozenLM:
             m = torch.maximum(run_max, top)
             run_sum = run_sum * (run_max - m).exp() + (z - m.unsqueeze(1)).exp_().sum(-1)
             run_max = m
-            if ids is not None:
+            if ids is not None:  # no `if inside.any()`: on a GPU that is a host sync per block
                 inside = (ids >= c0) & (ids < c0 + z.shape[1])
-                if inside.any():
-                    got = z.gather(1, (ids - c0).clamp(0, z.shape[1] - 1))
-                    picked = torch.where(inside, got, picked)
+                got = z.gather(1, (ids - c0).clamp(0, z.shape[1] - 1))
+                picked = torch.where(inside, got, picked)
         return VocabStats(run_max + run_sum.log(), picked, arg)
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
