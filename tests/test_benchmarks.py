@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -30,6 +31,21 @@ def test_gpu_benchmark_measures_on_the_given_device():
     assert "AIE (fast path, max_rows 512): 2 prompts x 16 heads" in p.stdout
     assert "patched heads/s" in p.stdout
     assert p.stdout.count("steps/s") == 2  # zero-shot and shuffled 10-shot
+
+
+def test_gpu_benchmark_times_a_random_model_of_a_real_shape():
+    """--shape builds a random-weight model of a published config (here Qwen3-0.6B's widths, one
+    layer and a small vocabulary, to run on a CPU) and prints every measurement beside its FLOP
+    count and the share of the floor that count sets at the measured GEMM rate."""
+    p = _run("--shape", "qwen3-0.6b", "--device", "cpu", "--layers", "1", "--vocab", "2048",
+             "--n-corrupt", "2", "--ffv-prompts", "4", "--bank", "4", "--score-prompts", "4", "--repeats", "1")
+    assert p.returncode == 0, p.stderr
+    assert "random qwen3-0.6b float32: 1 layers x 16 heads, d_model 1024, vocabulary 2048" in p.stdout
+    assert "AIE: 2 prompts x 16 heads, T = 87, max_rows 512" in p.stdout
+    for label in ("aie_fast", "plain step", "cached step", "source_scores"):
+        line = next(x for x in p.stdout.splitlines() if x.strip().startswith(label))
+        share = float(re.search(r"([\d.]+)% of floor", line).group(1))
+        assert 0 < share < 150, line  # a share of a FLOP floor, not a wrong count
 
 
 def test_eval_passes_benchmark_runs_and_its_paths_agree():
