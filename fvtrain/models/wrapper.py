@@ -642,8 +642,8 @@ def _fresh_view(cache):
 def _repeat_rows(layer, r: int) -> None:
     """Make a fresh cache layer act as its rows repeated ``r`` times (prompt-major), as
     ``batch_repeat_interleave`` does, but without the repeated copy: the first ``update`` writes
-    the repeated prefix and the new entries in one pass (a repeat then a concatenation were about
-    a twentieth of the fast AIE). Layer kinds it does not know are repeated the plain way."""
+    the repeated prefix and the new entries in one pass (a repeat then a concatenation wrote the
+    repeated prefix twice). Layer kinds it does not know are repeated the plain way."""
     from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
     kind = type(layer)
