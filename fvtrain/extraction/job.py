@@ -92,7 +92,7 @@ def aie_rows(lm: FrozenLM, max_rows, batch) -> int:
     """``extract.max_rows`` as a number: ``auto`` sizes it from the device's free memory."""
     rows = lm.resolve_rows(max_rows, batch.prompt_ids.shape[1])
     if str(max_rows) == "auto":
-            log.info("extract.max_rows=auto: %d rows per forward (%d-token prompts, %s)", rows,
+        log.info("extract.max_rows=auto: %d rows per forward (%d-token prompts, %s)", rows,
                  batch.prompt_ids.shape[1], lm.device)
     return rows
 
