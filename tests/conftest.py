@@ -31,6 +31,23 @@ def _tiny(family: str):
     return load_model(f"tiny-{family}")
 
 
+@functools.lru_cache(maxsize=None)
+def _tiny_sdpa(family: str):
+    from fvtrain.models import load_model
+
+    return load_model(f"tiny-{family}", attn_implementation="sdpa")
+
+
+# Families whose transformers class runs sdpa attention (Gemma 2 soft-caps its attention logits).
+SDPA_FAMILIES = [f for f in FAMILIES if f != "gemma2"]
+
+
+@pytest.fixture(params=SDPA_FAMILIES)
+def tiny_sdpa_lm(request):
+    """A tiny model of each family on sdpa attention, the implementation real models load with."""
+    return _tiny_sdpa(request.param)
+
+
 @pytest.fixture(params=FAMILIES)
 def tiny_lm(request):
     return _tiny(request.param)

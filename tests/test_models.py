@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from fvtrain.models import ModelNotFoundError, UnsupportedArchitectureError, load_model
-from fvtrain.models.wrapper import FrozenLM
+from fvtrain.models.wrapper import FrozenLM, _fresh_view
 
 PROMPTS = ["Q: hot\nA:", "Q: the quick brown fox\nA:", "Q: up\nA:", "Q: a b c d e f g\nA:"]
 ANSWERS = ["cold", "dog", ["down", "under"], "house"]
@@ -193,6 +193,57 @@ def test_repeated_continuation_equals_a_repeated_cache(tiny_lm):
     assert not torch.allclose(got[0][0], got[0][1])  # the rows really differ
     after = [t for layer in cache.layers for t in (layer.keys, layer.values)]
     assert all(torch.equal(x, y) for x, y in zip(before, after))
+
+
+@pytest.mark.parametrize("n_new", [1, 2])
+def test_shared_prefix_attention_equals_the_repeated_cache(tiny_sdpa_lm, n_new):
+    """Without keep_cache, repeated rows attend to their prompt's prefix once
+    (fvtrain.models.shared_prefix) instead of to a repeated copy: outputs and the gradient of
+    per-row injected vectors equal the repeated cache's, with left padding, one or two new
+    tokens and sliding-window layers (the tiny Gemmas' window of 8 is shorter than the
+    prompts); the output has no cache to continue from and the prefix cache is untouched."""
+    from fvtrain.models import shared_prefix
+
+    lm, r = tiny_sdpa_lm, 3
+    b = lm.batch(PROMPTS, ANSWERS)
+    ids, mask = b.input_ids, b.attention_mask
+    B, P = ids.shape[0], b.prompt_ids.shape[1]
+    assert P - 1 > 8 and not bool(mask.all())
+    cache = lm.prefix_cache(ids[:, :P], mask[:, :P])
+    assert shared_prefix.supported(lm.model, cache.layers)
+    before = [t.clone() for layer in cache.layers for t in (layer.keys, layer.values)]
+
+    def run(keep_cache):
+        vs = torch.randn(B * r, lm.d_model, generator=torch.Generator().manual_seed(0)).requires_grad_()
+        with lm.inject(vs, 1, positions=0):
+            out = lm.continue_from(cache, ids[:, P - 1 : P - 1 + n_new], mask[:, : P - 1 + n_new],
+                                   repeat=r, logits_to_keep=n_new, keep_cache=keep_cache)
+        out.logits.float().logsumexp(-1).sum().backward()
+        return out, vs.grad
+
+    (want, want_grad), (got, got_grad) = run(True), run(False)
+    torch.testing.assert_close(got.logits, want.logits, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got_grad, want_grad, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(got.logits[0], got.logits[1])  # the rows really differ
+    assert got.cache is None and want.cache is not None
+    assert all(torch.equal(x, y) for x, y in zip(before, [t for layer in cache.layers
+                                                          for t in (layer.keys, layer.values)]))
+
+
+def test_shared_prefix_attention_runs_only_where_it_can(tiny_llama):
+    """Eager models keep the repeated cache; a layer whose attention bypasses the attention
+    interface would have seen only the new tokens, and the forward says so instead."""
+    from fvtrain.models import shared_prefix
+
+    b = tiny_llama.batch(PROMPTS, ANSWERS)
+    cache = tiny_llama.prefix_cache(b.prompt_ids, b.prompt_mask)
+    assert not shared_prefix.supported(tiny_llama.model, cache.layers)
+    lm = load_model("tiny-llama", attn_implementation="sdpa")
+    c = _fresh_view(lm.prefix_cache(b.prompt_ids, b.prompt_mask))
+    with pytest.raises(RuntimeError, match=r"shared-prefix attention: layers \[0\] stored new keys "
+                                           r"but never attended through the attention interface"):
+        with shared_prefix.shared_prefix(lm.model, c, 2):
+            c.layers[0].update(c.layers[0].keys, c.layers[0].values)
 
 
 @pytest.mark.parametrize("chunk", [7, 64, 100_000])

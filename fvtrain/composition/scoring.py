@@ -65,7 +65,7 @@ def source_scores(
                     # All tokens: the last prompt token and the target (but its last token) run;
                     # first token: the last prompt token alone.
                     hidden = lm.continue_from(cache, ids[:, P - 1 : P - 1 + M], mask[:, : P - 1 + M],
-                                              repeat=n, hidden_only=True).last_hidden_state
+                                              repeat=n, hidden_only=True, keep_cache=False).last_hidden_state
                 lp = hidden_logprobs(lm, hidden, batch.target_ids[s : s + per, :M].repeat_interleave(n, 0),
                                      target_mask[s : s + per].repeat_interleave(n, 0))
                 out[s : s + b, v : v + n] = lp.view(b, n).cpu()

@@ -14,7 +14,7 @@ from typing import Iterator, Sequence
 
 import torch
 
-from fvtrain.models import hooks
+from fvtrain.models import hooks, shared_prefix
 from fvtrain.models.adapters import Adapter
 from fvtrain.models.source import ModelSource
 from fvtrain.prompts import PromptBatch, PromptTemplate, encode_prompt, make_batch
@@ -321,7 +321,7 @@ class FrozenLM:
         """
         out = self.continue_from(cache, input_ids[:, -1:], attention_mask, repeat=repeat,
                                  logits_to_keep=1, start_layer=start_layer, residual=residual,
-                                 hidden_only=hidden_only)
+                                 hidden_only=hidden_only, keep_cache=False)
         return out.last_hidden_state[:, -1] if hidden_only else out.logits[:, -1]
 
     def last_token_inputs(
@@ -344,25 +344,36 @@ class FrozenLM:
         start_layer: int = 0,
         residual: torch.Tensor | None = None,
         hidden_only: bool = False,
+        keep_cache: bool = True,
     ):
         """Run ``new_ids`` (``[B, n]``) after a prefix cache; ``attention_mask`` covers both.
 
         Gradients flow into anything injected here (e.g. a trainable vector at column 0) while
         the cached prefix stays constant. The cache itself is never modified. ``start_layer``
         and ``residual`` skip the blocks below that layer (see :meth:`last_token`);
-        ``hidden_only`` runs :meth:`body` (no logits).
+        ``hidden_only`` runs :meth:`body` (no logits). ``repeat`` runs every prompt's new
+        tokens that many times (rows ``b * repeat + j``). Without ``keep_cache`` the output has
+        no cache to continue from (``.cache`` is None), and sdpa models then attend to each
+        prefix once for all its repeats instead of copying it (:mod:`.shared_prefix`).
         """
         c = _fresh_view(cache)
+        shared = repeat > 1 and not keep_cache and shared_prefix.supported(self.model, c.layers[start_layer:])
         if repeat > 1:
-            # Skipped blocks never read their cache entries: repeat only the ones that run.
-            for layer in c.layers[start_layer:]:
-                _repeat_rows(layer, repeat)
+            if not shared:
+                # Skipped blocks never read their cache entries: repeat only the ones that run.
+                for layer in c.layers[start_layer:]:
+                    _repeat_rows(layer, repeat)
             new_ids = new_ids.repeat_interleave(repeat, 0)
             attention_mask = attention_mask.repeat_interleave(repeat, 0)
         def run():
-            if hidden_only:
-                return self.body(new_ids, attention_mask, cache=c)
-            return self.forward(new_ids, attention_mask, cache=c, logits_to_keep=logits_to_keep)
+            with shared_prefix.shared_prefix(self.model, c, repeat, start_layer) if shared else _null():
+                if hidden_only:
+                    out = self.body(new_ids, attention_mask, cache=c)
+                else:
+                    out = self.forward(new_ids, attention_mask, cache=c, logits_to_keep=logits_to_keep)
+            if not keep_cache:
+                out.cache = None
+            return out
 
         if start_layer == 0:
             return run()

@@ -258,7 +258,7 @@ class FFVModule(LightningModule):
             ctx = lm.inject(vectors, self.layer, positions=0) if vectors is not None else nullcontext()
             with ctx:
                 out = lm.continue_from(prep.cache, b.input_ids[:, P - 1:end], b.attention_mask[:, :end],
-                                       repeat=repeat, logits_to_keep=n_new)
+                                       repeat=repeat, logits_to_keep=n_new, keep_cache=False)
         else:
             ids, mask = b.input_ids[:, :end], b.attention_mask[:, :end]
             if repeat > 1:
