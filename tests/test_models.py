@@ -269,6 +269,16 @@ def test_vocab_stats_equal_the_full_logits(tiny_lm, chunk):
     torch.testing.assert_close(st.logprob(), full.log_softmax(-1).gather(1, ids), rtol=1e-5, atol=1e-5)
     assert st.argmax.tolist() == full.argmax(-1).tolist()
     assert lm.vocab_stats(hidden, chunk=chunk).picked is None
+    # Without the argmax (a plain max per block): the same normaliser and picks, bit for bit.
+    with torch.no_grad():
+        lean = lm.vocab_stats(hidden, ids, chunk=chunk, argmax=False)
+    assert lean.argmax is None
+    assert torch.equal(lean.lse, st.lse) and torch.equal(lean.picked, st.picked)
+    # With autograd on, the blocks are not shifted in place: gradients reach the hidden states.
+    h, h_ref = hidden.clone().requires_grad_(), hidden.clone().requires_grad_()
+    lm.vocab_stats(h, ids, chunk=chunk).logprob().sum().backward()
+    lm.logits_of(h_ref).float().log_softmax(-1).gather(1, ids).sum().backward()
+    torch.testing.assert_close(h.grad, h_ref.grad, rtol=1e-4, atol=1e-5)
 
 
 def test_patch_heads_with_own_values_is_identity_and_others_change(tiny_lm):

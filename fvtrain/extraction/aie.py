@@ -97,19 +97,22 @@ def aie_fast(
         chunks = [(fl // H, fl % H, 0) for fl in torch.arange(n_heads).split(R)]
     N = len(batch)
     G = max(1, max_rows // R)
-    effects = torch.zeros(N, L, H)
+    probs = torch.zeros(N, n_heads)  # patched probabilities; effects are these minus the base
     base = torch.zeros(N)
     ids, mask = batch.prompt_ids, batch.prompt_mask
     targets = batch.target_ids[:, 0]
     values = mean.to(lm.device, lm.dtype)
-    pending: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # (hidden, prompt, head)
+    # (hidden, prompt, head) rows waiting for the unembedding; head -1 is the unpatched prompt.
+    pending: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
 
     def unembed_pending() -> None:
         hidden, prompt, head = (torch.cat(x) for x in zip(*pending))
         pending.clear()
-        st = lm.vocab_stats(hidden, targets[prompt].unsqueeze(1))
+        st = lm.vocab_stats(hidden, targets[prompt].unsqueeze(1), argmax=False)
         p = st.logprob()[:, 0].exp().cpu()
-        effects.view(N, n_heads)[prompt, head] = p - base[prompt]
+        unpatched = head < 0
+        base[prompt[unpatched]] = p[unpatched]
+        probs[prompt[~unpatched], head[~unpatched]] = p[~unpatched]
 
     for g0 in range(0, N, G):
         gi, gm = ids[g0 : g0 + G], mask[g0 : g0 + G]
@@ -120,8 +123,7 @@ def aie_fast(
                 hidden0, resid = lm.last_token_inputs(gi, gm, cache)
             else:
                 hidden0, resid = lm.last_token(gi, gm, cache, hidden_only=True), None
-            st = lm.vocab_stats(hidden0, targets[g0 : g0 + n].unsqueeze(1))
-            base[g0 : g0 + n] = st.logprob()[:, 0].exp().cpu()
+            pending.append((hidden0, torch.arange(g0, g0 + n), torch.full((n,), -1)))
             for cl, ch, start in chunks:
                 r = len(cl)
                 rows = torch.arange(n * r)
@@ -136,4 +138,4 @@ def aie_fast(
                     progress(n * r)
     if pending:
         unembed_pending()
-    return effects, base
+    return (probs - base.unsqueeze(1)).view(N, L, H), base

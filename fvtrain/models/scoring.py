@@ -31,6 +31,6 @@ def hidden_logprobs(lm, hidden: torch.Tensor, target_ids: torch.Tensor, target_m
     if tokens == "first":
         hidden, target_ids, target_mask = hidden[:, :1], target_ids[:, :1], target_mask[:, :1]
     R, M, d = hidden.shape
-    st = lm.vocab_stats(hidden.reshape(R * M, d), target_ids.reshape(R * M, 1))
+    st = lm.vocab_stats(hidden.reshape(R * M, d), target_ids.reshape(R * M, 1), argmax=False)
     picked = st.logprob().view(R, M)
     return (picked * target_mask.to(picked.device).to(picked.dtype)).sum(-1)

@@ -60,7 +60,7 @@ class VocabStats:
 
     lse: torch.Tensor  # [R] log of the softmax normaliser (float32)
     picked: torch.Tensor | None  # [R, K] logits of the requested token ids (float32)
-    argmax: torch.Tensor  # [R] the top token
+    argmax: torch.Tensor | None  # [R] the top token (None when not asked for)
 
     def logprob(self) -> torch.Tensor:
         """``[R, K]`` log-probabilities of the requested tokens."""
@@ -216,7 +216,7 @@ class FrozenLM:
         return self.adapter.logits(hidden)
 
     def vocab_stats(self, hidden: torch.Tensor, token_ids: torch.Tensor | None = None,
-                    chunk: int = VOCAB_CHUNK) -> "VocabStats":
+                    chunk: int = VOCAB_CHUNK, argmax: bool = True) -> "VocabStats":
         """Log-normaliser, logits of ``token_ids`` (``[R, K]``) and argmax of the logits of
         final-normed hidden states ``[R, d]``, without ever holding ``[R, vocab]``.
 
@@ -224,14 +224,15 @@ class FrozenLM:
         max and sum of exponentials), so each block of logits is still in cache when it is read:
         on a 262k vocabulary about 1.3x faster than logits then softmax, and ``chunk / vocab`` of
         the memory. The same numbers as :meth:`logits_of` followed by ``logsumexp``/``gather``/
-        ``argmax`` (ties go to the lowest token id, as ``argmax`` does), in float32.
+        ``argmax`` (ties go to the lowest token id, as ``argmax`` does), in float32. Without
+        ``argmax`` the top token is not tracked (``.argmax`` is None): a plain max is cheaper.
         """
         head = self.adapter.unembedding
         weight, bias = head.weight, getattr(head, "bias", None)
         if weight.device.type == "meta":  # offloaded (device_map): only the module's own call loads it
             logits = self.logits_of(hidden).float()
             picked = None if token_ids is None else logits.gather(1, token_ids.to(logits.device))
-            return VocabStats(logits.logsumexp(-1), picked, logits.argmax(-1))
+            return VocabStats(logits.logsumexp(-1), picked, logits.argmax(-1) if argmax else None)
         hidden = hidden.to(weight.device)  # device_map may put the head on another GPU than the last block
         cap = self.adapter.logit_softcap
         R = hidden.shape[0]
@@ -239,26 +240,32 @@ class FrozenLM:
         run_max = torch.full((R,), float("-inf"), device=dev)
         run_sum = torch.zeros(R, device=dev)
         best = torch.full((R,), float("-inf"), device=dev)
-        arg = torch.zeros(R, dtype=torch.long, device=dev)
+        arg = torch.zeros(R, dtype=torch.long, device=dev) if argmax else None
         ids = None if token_ids is None else token_ids.to(dev)
         picked = None if ids is None else torch.zeros(ids.shape, device=dev)
+        # Blocks of logits are temporaries: without autograd they are shifted and exponentiated in place.
+        in_place = not (torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad))
         for c0 in range(0, weight.shape[0], chunk):
             z = torch.nn.functional.linear(hidden, weight[c0 : c0 + chunk],
                                            None if bias is None else bias[c0 : c0 + chunk])
             if cap:
                 z = torch.tanh(z / cap) * cap
             z = z.float()
-            top, where = z.max(-1)
-            new = top > best
-            best = torch.where(new, top, best)
-            arg = torch.where(new, where + c0, arg)
-            m = torch.maximum(run_max, top)
-            run_sum = run_sum * (run_max - m).exp() + (z - m.unsqueeze(1)).exp_().sum(-1)
-            run_max = m
+            if argmax:
+                top, where = z.max(-1)
+                new = top > best
+                best = torch.where(new, top, best)
+                arg = torch.where(new, where + c0, arg)
+            else:
+                top = z.amax(-1)
             if ids is not None:  # no `if inside.any()`: on a GPU that is a host sync per block
                 inside = (ids >= c0) & (ids < c0 + z.shape[1])
                 got = z.gather(1, (ids - c0).clamp(0, z.shape[1] - 1))
                 picked = torch.where(inside, got, picked)
+            m = torch.maximum(run_max, top)
+            shifted = z.sub_(m.unsqueeze(1)) if in_place else z - m.unsqueeze(1)
+            run_sum = run_sum * (run_max - m).exp() + shifted.exp_().sum(-1)
+            run_max = m
         return VocabStats(run_max + run_sum.log(), picked, arg)
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
