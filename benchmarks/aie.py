@@ -28,7 +28,7 @@ def main() -> None:
     ap.add_argument("--n-prompts", type=int, default=100)
     ap.add_argument("--n-corrupt", type=int, default=25)
     ap.add_argument("--n-shots", type=int, default=10)
-    ap.add_argument("--max-rows", type=int, default=512)
+    ap.add_argument("--max-rows", type=int, default=2048)
     ap.add_argument("--no-layer-start", dest="layer_start", action="store_false",
                     help="run every patched token through all layers")
     ap.add_argument("--seed", type=int, default=0)

@@ -15,7 +15,8 @@ device it measures, after one warm-up each:
 
 With ``--shape llama3-8b|qwen3-0.6b|gptj-6b`` it builds a random-weight model of that real shape
 on the device (no weights, no network, no tokenizer: prompts are random token ids of the default
-study's lengths) and times the AIE (25 prompts x every head), the FFV step (plain and cached, 32
+study's lengths) and times the AIE (25 prompts x every head; again with each row's copy of the
+prefix, as before ``fvtrain.models.shared_prefix``), the FFV step (plain and cached, 32
 shuffled 10-shot prompts), composition scoring (a bank of --bank vectors), each beside its FLOP
 count, the time that count takes at the device's measured matrix-product rate (a large GEMM in the
 same dtype, timed first) and the share of that floor reached, plus peak memory. ``--layers`` and
@@ -138,6 +139,7 @@ def run_shape(args, device: torch.device) -> int:
     """The ``--shape`` mode: AIE, FFV steps and composition scoring on a random model of a real shape."""
     from fvtrain.composition.scoring import source_scores
     from fvtrain.extraction import aie_fast
+    from fvtrain.models import shared_prefix
     from fvtrain.training.module import FFVModule
 
     dtype = getattr(torch, args.dtype)
@@ -168,6 +170,9 @@ def run_shape(args, device: torch.device) -> int:
                  prefix_tokens=N * (T - 1))
     print(f"AIE: {N} prompts x {L * H} heads, T = {T}, max_rows {rows}")
     report("aie_fast", s, work)
+    with shared_prefix.disabled():  # the same with the prefix repeated per row (before shared_prefix)
+        s = _timed(lambda: aie_fast(lm, corrupt, mean, max_rows=rows), device, args.repeats)
+    report("aie_fast, prefix repeated per row", s, work)
 
     layer = lm.default_layer()
     batch = random_batch(args.ffv_prompts, T, 2, V, args.seed + 1, relations=args.relations)

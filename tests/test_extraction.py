@@ -47,8 +47,11 @@ def test_fast_aie_equals_reference(family, attn):
     assert corrupt.prompt_mask.sum(1).unique().numel() > 1  # really left-padded
     ref, ref_base = aie_reference(lm, corrupt, mean)
     assert ref.abs().max() > 1e-4  # the patches did something
-    # Odd chunking on purpose: heads across layers (7 rows), one layer's heads split (3 rows).
-    for layer_start, max_rows in [(False, 7), (True, 7), (True, 3)]:
+    # Odd chunking on purpose: heads across layers (7 rows), one layer's heads split (3 rows);
+    # then every head of a prompt in one forward, rows joining at their layers (one and two
+    # prompts per forward).
+    n_heads = lm.n_layers * lm.n_heads
+    for layer_start, max_rows in [(False, 7), (True, 7), (True, 3), (True, n_heads), (True, 2 * n_heads + 1)]:
         fast, fast_base = aie_fast(lm, corrupt, mean, max_rows=max_rows, layer_start=layer_start)
         torch.testing.assert_close(fast_base, ref_base, rtol=0, atol=1e-5)
         assert (fast - ref).abs().max() <= 1e-5, (layer_start, max_rows)
@@ -196,7 +199,7 @@ def test_completion_of_several_methods_in_one_pass_equals_full_forwards(family):
 
 def test_auto_max_rows_fits_free_memory_and_gives_the_same_aie():
     """extract.max_rows=auto: the rows' keys/values copies, one block's activations and a vocabulary
-    block fit in a quarter of free memory, in multiples of 16, at most 512 on a CPU; the AIE is
+    block fit in a quarter of free memory, in multiples of 16, at most 2,048 on a CPU; the AIE is
     the one a fixed max_rows gives; a value that is neither an integer nor auto is refused."""
     from omegaconf import OmegaConf
 

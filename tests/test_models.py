@@ -242,7 +242,7 @@ def test_shared_prefix_attention_runs_only_where_it_can(tiny_llama):
     c = _fresh_view(lm.prefix_cache(b.prompt_ids, b.prompt_mask))
     with pytest.raises(RuntimeError, match=r"shared-prefix attention: layers \[0\] stored new keys "
                                            r"but never attended through the attention interface"):
-        with shared_prefix.shared_prefix(lm.model, c, 2):
+        with shared_prefix.shared_prefix(lm.model, c):
             c.layers[0].update(c.layers[0].keys, c.layers[0].values)
 
 

@@ -70,7 +70,7 @@ def aie_fast(
     lm: FrozenLM,
     batch: PromptBatch,
     mean: torch.Tensor,
-    max_rows: int = 512,
+    max_rows: int = 2048,
     progress: Callable[[int], None] | None = None,
     layer_start: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -78,9 +78,12 @@ def aie_fast(
 
     Prompts are processed in groups of G, heads in chunks of R, with ``G * R <= max_rows``
     last-token rows per forward (row ``g * R + r`` patches head ``r`` of the chunk for prompt g).
-    With ``layer_start`` a chunk holds heads of one layer and runs only the blocks from that
-    layer up: below it the patched token's residual stream equals the unpatched one, which is
-    recorded once per prompt, so about half of the blocks need not run. The forwards stop at
+    With ``layer_start`` a patched row runs only the blocks from its head's layer up: below it
+    the patched token's residual stream equals the unpatched one, which is recorded once per
+    prompt, so about half of the blocks need not run. When every head of a prompt fits
+    (``max_rows >= L * H``) one forward holds them all, each row joining at its layer
+    (:func:`fvtrain.models.hooks.join_at`), so block ``l`` multiplies ``G * (l + 1) * H`` rows at
+    once; otherwise a chunk holds heads of one layer and starts there. The forwards stop at
     the final norm; the unembedding, the costliest step per row on a large vocabulary, runs on
     ``max_rows`` rows at a time gathered across chunks, where a matrix product is most efficient,
     and block by block over the vocabulary (:meth:`FrozenLM.vocab_stats`).
@@ -88,7 +91,13 @@ def aie_fast(
     _check(lm, mean)
     L, H = lm.n_layers, lm.n_heads
     n_heads = L * H
-    if layer_start:
+    # Every head of a prompt in one forward, each row joining at its head's layer, when a
+    # prompt's L * H rows fit in max_rows; otherwise one forward per layer (or chunk of heads).
+    joined = layer_start and max_rows >= n_heads
+    if joined:
+        R = n_heads
+        chunks = []
+    elif layer_start:
         R = min(H, max_rows)
         chunks = [(torch.full((len(hs),), l), hs, l)
                   for l in range(L) for hs in torch.arange(H).split(R)]
@@ -124,6 +133,20 @@ def aie_fast(
             else:
                 hidden0, resid = lm.last_token(gi, gm, cache, hidden_only=True), None
             pending.append((hidden0, torch.arange(g0, g0 + n), torch.full((n,), -1)))
+            if joined:
+                # Row b * R + l * H + h patches head (l, h) of prompt b; at block l each prompt
+                # runs its first (l + 1) * H rows, so that row is b * (l + 1) * H + l * H + h there.
+                layer_of = torch.arange(L).repeat_interleave(H)
+                head_of = torch.arange(H).repeat(L)
+                b = torch.arange(n).repeat_interleave(R)
+                l, h = layer_of.repeat(n), head_of.repeat(n)
+                with lm.patch_heads(l, h, values[l, h], rows=b * (l + 1) * H + l * H + h):
+                    hidden = lm.last_token(gi, gm, cache, repeat=R, hidden_only=True, join=(layer_of, resid))
+                pending.append((hidden, torch.arange(g0, g0 + n).repeat_interleave(R), torch.arange(R).repeat(n)))
+                if sum(len(x[0]) for x in pending) >= max_rows:
+                    unembed_pending()
+                if progress:
+                    progress(n * R)
             for cl, ch, start in chunks:
                 r = len(cl)
                 rows = torch.arange(n * r)

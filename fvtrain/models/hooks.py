@@ -307,3 +307,76 @@ def start_at(adapter: Adapter, layer: int, residual: torch.Tensor, as_tuple: boo
     finally:
         for j, block in enumerate(saved):
             adapter.blocks[j] = block
+
+
+class _Joined(torch.nn.Module):
+    """Block ``j`` of a forward whose rows join at different blocks: rows ``joining`` take their
+    recorded residual here, and the block runs on the ``active`` rows only (the others pass)."""
+
+    def __init__(self, block, active: torch.Tensor, joining: torch.Tensor, values: torch.Tensor,
+                 as_tuple: bool) -> None:
+        super().__init__()
+        self.block, self.as_tuple = block, as_tuple
+        self.active, self.joining, self.values = active, joining, values
+
+    def forward(self, *args, **kwargs):
+        hidden = _hidden_arg(args, kwargs)
+        R = hidden.shape[0]
+        if len(self.active) == 0:
+            return (hidden,) if self.as_tuple else hidden
+        hidden = hidden.clone()
+        if len(self.joining):
+            hidden[self.joining.to(hidden.device), -1] = self.values.to(hidden.device, hidden.dtype)
+        active = self.active.to(hidden.device)
+
+        def rows(x):  # every per-row argument (states, masks, positions, rotary tables) to the active rows
+            if isinstance(x, torch.Tensor) and x.dim() and x.shape[0] == R:
+                return x.index_select(0, active)
+            if isinstance(x, tuple) and any(isinstance(t, torch.Tensor) for t in x):
+                return tuple(rows(t) for t in x)
+            return x
+
+        args = (hidden,) + args[1:] if args else args
+        if not args:
+            kwargs = {**kwargs, "hidden_states": hidden}
+        out = self.block(*(rows(a) for a in args), **{k: rows(v) for k, v in kwargs.items()})
+        hidden.index_copy_(0, active, out[0] if isinstance(out, tuple) else out)
+        return (hidden,) if self.as_tuple else hidden
+
+
+def joined_rows(starts: torch.Tensor, n_layers: int) -> list[int]:
+    """How many of a prompt's rows (start layers ``starts``, ascending) each block runs."""
+    return [int((starts <= j).sum()) for j in range(n_layers)]
+
+
+@contextmanager
+def join_at(adapter: Adapter, starts: torch.Tensor, residual: torch.Tensor, as_tuple: bool = False
+            ) -> Iterator[None]:
+    """Rows that start at different blocks in one forward, for edits at different layers.
+
+    The batch is ``B`` prompts x ``r`` rows, prompt-major (row ``b * r + i``); row ``i`` of every
+    prompt starts at block ``starts[i]`` (ascending) from ``residual[starts[i], b]``
+    (``[L, B, d_model]``, the residual stream entering each block at the last column, as
+    :func:`record_block_inputs` gives it), and blocks below it never run for it, as with
+    :func:`start_at`. Block ``j`` runs the first ``k_j`` rows of every prompt
+    (:func:`joined_rows`), so an edit at layer ``l`` addresses row ``b * k_l + i`` there. One
+    forward replaces one per start layer, and each block's products run on all its rows at once.
+    """
+    starts = torch.as_tensor(starts, dtype=torch.long)
+    if starts.dim() != 1 or not bool((starts[1:] >= starts[:-1]).all()):
+        raise ValueError("join_at: starts must be one ascending start layer per row of a prompt")
+    L, B = residual.shape[0], residual.shape[1]
+    r = len(starts)
+    saved = list(adapter.blocks)
+    try:
+        for j, k in enumerate(joined_rows(starts, L)):
+            prompt = torch.arange(B).repeat_interleave(k)
+            active = prompt * r + torch.arange(k).repeat(B)
+            new = (starts == j).nonzero(as_tuple=True)[0]
+            joining = (torch.arange(B).repeat_interleave(len(new)) * r + new.repeat(B))
+            values = residual[j].repeat_interleave(len(new), 0)
+            adapter.blocks[j] = _Joined(saved[j], active, joining, values, as_tuple)
+        yield
+    finally:
+        for j, block in enumerate(saved):
+            adapter.blocks[j] = block

@@ -11,11 +11,13 @@ scores of all ``r`` rows against it are one matrix product.
 It runs as an attention implementation of transformers (``AttentionInterface``) standing in for
 ``sdpa`` while :func:`shared_prefix` is active; attention masks are sdpa's own, so padding,
 sliding windows and causality among the new tokens are exactly the model's. Models that run
-another implementation (eager, flash) keep the repeated cache.
+another implementation (eager, flash) keep the repeated cache, and so does everything while
+``FVTRAIN_SHARED_PREFIX=0`` is set or inside :func:`disabled` (for side-by-side timing).
 """
 
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Iterator
@@ -28,7 +30,18 @@ BASE = "sdpa"  # the implementation whose semantics (and masks) this one reprodu
 # Per forward: layer index -> (prefix keys, prefix values, repeats), filled by the cache layers'
 # update and consumed by that layer's attention.
 _PREFIX: ContextVar[dict | None] = ContextVar("fvtrain_shared_prefix", default=None)
+_OFF: ContextVar[bool] = ContextVar("fvtrain_shared_prefix_off", default=False)
 _registered = False
+
+
+@contextmanager
+def disabled() -> Iterator[None]:
+    """Repeat the prefix the plain way within this context (benchmarks time both paths)."""
+    token = _OFF.set(True)
+    try:
+        yield
+    finally:
+        _OFF.reset(token)
 
 
 def _register() -> None:
@@ -43,43 +56,50 @@ def _register() -> None:
     _registered = True
 
 
+def available(model) -> bool:
+    """Whether forwards of ``model`` can share prefixes: it runs sdpa and sharing is not off."""
+    if _OFF.get() or os.environ.get("FVTRAIN_SHARED_PREFIX", "1") == "0":
+        return False
+    return getattr(model.config, "_attn_implementation", None) == BASE
+
+
 def supported(model, layers) -> bool:
     """Whether ``model`` runs sdpa attention and every cache layer in ``layers`` is a plain
-    dynamic (or sliding-window) layer holding ``[B, heads, T, d]`` keys."""
+    dynamic (or sliding-window) layer holding ``[B, heads, T, d]`` keys (and it is not off)."""
     from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
-    if getattr(model.config, "_attn_implementation", None) != BASE:
-        return False
-    return all(type(layer) in (DynamicLayer, DynamicSlidingWindowLayer)
-               and not getattr(layer, "record_past", False)
-               and getattr(layer, "keys", None) is not None and layer.keys.dim() == 4
-               for layer in layers)
+    return available(model) and all(
+        type(layer) in (DynamicLayer, DynamicSlidingWindowLayer) and not getattr(layer, "record_past", False)
+        and getattr(layer, "keys", None) is not None and layer.keys.dim() == 4
+        for layer in layers)
 
 
-def _share(layer, index: int, repeat: int) -> None:
+def _share(layer, index: int) -> None:
     """Make a fresh cache layer give attention the prefix once and the new rows as they are.
     The layer itself is left holding the prefix only: the forward's cache is not reusable."""
     keys, values = layer.keys, layer.values
 
     def update(new_keys: torch.Tensor, new_values: torch.Tensor, *args, **kwargs):
         table = _PREFIX.get()
-        table[index] = (keys, values, repeat)
+        table[index] = (keys, values)
         return new_keys, new_values
 
     layer.update = update
 
 
 @contextmanager
-def shared_prefix(model, cache, repeat: int, start_layer: int = 0) -> Iterator[None]:
+def shared_prefix(model, cache) -> Iterator[None]:
     """Within this context a forward of ``model`` on ``cache`` (a fresh view whose rows are the
-    prompts) treats each new row ``b * repeat + j`` as continuing prompt ``b``'s prefix.
+    ``B`` prompts) treats its ``B * r`` new rows as ``r`` per prompt, prompt-major (row
+    ``b * r + j`` continues prompt ``b``'s prefix); ``r`` may differ from layer to layer
+    (:func:`fvtrain.models.hooks.join_at`).
 
     Raises if an attention layer took the new keys without going through the attention
     interface, which would have attended to the new tokens alone.
     """
     _register()
-    for i, layer in enumerate(cache.layers[start_layer:], start_layer):
-        _share(layer, i, repeat)
+    for i, layer in enumerate(cache.layers):
+        _share(layer, i)
     configs = {id(m.config): m.config for m in model.modules() if hasattr(getattr(m, "config", None),
                                                                           "_attn_implementation")}
     before = {k: c._attn_implementation for k, c in configs.items()}
@@ -111,9 +131,12 @@ def shared_prefix_attention(module, query: torch.Tensor, key: torch.Tensor, valu
 
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                       scaling=scaling, **kwargs)
-    pk, pv, r = entry
+    pk, pv = entry
     B, KV, T, d = pk.shape
     R, H, n, _ = query.shape
+    r = R // B
+    if r * B != R:
+        raise RuntimeError(f"shared-prefix attention: {R} rows do not split over {B} prompts")
     g = H // KV
     scale = scaling if scaling is not None else d ** -0.5
     # Prefix scores of all r rows of a prompt in one product: [B, KV, r*g*n, T].

@@ -34,9 +34,9 @@ class LMOutput:
 
 VOCAB_CHUNK = 1024  # tokens per unembedding block in FrozenLM.vocab_stats (benchmarks/aie.py: 1024 is fastest)
 # max_rows="auto" (FrozenLM.rows_that_fit): the share of free memory a batch of rows may take, and
-# its bounds (multiples of MIN_ROWS; CPU products are at full speed from a few hundred rows).
+# its bounds (multiples of MIN_ROWS; on a CPU the fast AIE gains little beyond 2,048 rows).
 ROW_MEMORY_SHARE = 0.25
-MIN_ROWS, CPU_MAX_ROWS, GPU_MAX_ROWS = 16, 512, 16384
+MIN_ROWS, CPU_MAX_ROWS, GPU_MAX_ROWS = 16, 2048, 16384
 
 
 def free_memory(device: torch.device) -> int:
@@ -140,15 +140,17 @@ class FrozenLM:
         """Last-token rows per forward (``max_rows="auto"``) whose working memory fits in
         ``share`` of the device's free memory, with prompts of ``tokens`` tokens.
 
-        A row holds its own copy of the prompt's keys and values in every layer, one block's
-        activations at a time, and a block of vocabulary logits. At most :data:`CPU_MAX_ROWS` on a
-        CPU, whose matrix products run at full speed from a few hundred rows (more only costs
-        memory); on a GPU the batch grows until memory is the limit, which keeps its kernels large.
+        A row holds its keys and values in every layer (with a copy of the prompt's unless
+        attention shares the prefix, :mod:`.shared_prefix`), one block's activations at a time,
+        and a block of vocabulary logits. At most :data:`CPU_MAX_ROWS` on a CPU, where more rows
+        gain little; on a GPU the batch grows until memory is the limit, which keeps its kernels
+        large.
         """
         if free_bytes is None:
             free_bytes = free_memory(self.device)
         a, elem = self.adapter, torch.finfo(self.dtype).bits // 8
-        kv = a.n_layers * 2 * a.n_kv_heads * (int(tokens) + 1) * a.head_dim * elem
+        kv_tokens = 1 if shared_prefix.available(self.model) else int(tokens) + 1
+        kv = a.n_layers * 2 * a.n_kv_heads * kv_tokens * a.head_dim * elem
         block = (a.n_heads * a.head_dim + 3 * a.d_intermediate + 4 * a.d_model) * elem
         per_row = kv + block + 2 * VOCAB_CHUNK * 4
         rows = int(free_bytes * share) // per_row
@@ -315,6 +317,7 @@ class FrozenLM:
         start_layer: int = 0,
         residual: torch.Tensor | None = None,
         hidden_only: bool = False,
+        join: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Logits ``[B * repeat, vocab]`` of the last column, run against a prefix cache.
 
@@ -324,11 +327,14 @@ class FrozenLM:
         ``start_layer..`` run, on ``residual`` (``[B * repeat, d_model]``, from
         :meth:`last_token_inputs`): exact when the edit being measured sits at that layer.
         ``hidden_only`` returns the final-normed hidden states ``[B * repeat, d_model]``
-        instead, for :meth:`logits_of` to unembed many of them at once.
+        instead, for :meth:`logits_of` to unembed many of them at once. ``join`` is
+        ``(starts, residual)``: the ``repeat`` rows of each prompt start at blocks ``starts``
+        (ascending) from :meth:`last_token_inputs`' residual ``[L, B, d]``, in one forward
+        (:func:`hooks.join_at`: block ``j`` runs the first ``k_j`` rows of every prompt).
         """
         out = self.continue_from(cache, input_ids[:, -1:], attention_mask, repeat=repeat,
                                  logits_to_keep=1, start_layer=start_layer, residual=residual,
-                                 hidden_only=hidden_only, keep_cache=False)
+                                 hidden_only=hidden_only, keep_cache=False, join=join)
         return out.last_hidden_state[:, -1] if hidden_only else out.logits[:, -1]
 
     def last_token_inputs(
@@ -352,6 +358,7 @@ class FrozenLM:
         residual: torch.Tensor | None = None,
         hidden_only: bool = False,
         keep_cache: bool = True,
+        join: tuple[torch.Tensor, torch.Tensor] | None = None,
     ):
         """Run ``new_ids`` (``[B, n]``) after a prefix cache; ``attention_mask`` covers both.
 
@@ -364,16 +371,24 @@ class FrozenLM:
         prefix once for all its repeats instead of copying it (:mod:`.shared_prefix`).
         """
         c = _fresh_view(cache)
-        shared = repeat > 1 and not keep_cache and shared_prefix.supported(self.model, c.layers[start_layer:])
+        if join is not None:
+            if keep_cache or start_layer or len(join[0]) != repeat:
+                raise ValueError("join needs keep_cache=False, start_layer=0 and one start per repeat")
+            # Block j runs k_j rows per prompt; blocks with none never read their cache entries.
+            repeats = hooks.joined_rows(join[0], self.n_layers)
+        else:
+            repeats = [0] * start_layer + [repeat] * (self.n_layers - start_layer)
+        running = [layer for layer, k in zip(c.layers, repeats) if k]
+        shared = repeat > 1 and not keep_cache and shared_prefix.supported(self.model, running)
         if repeat > 1:
             if not shared:
-                # Skipped blocks never read their cache entries: repeat only the ones that run.
-                for layer in c.layers[start_layer:]:
-                    _repeat_rows(layer, repeat)
+                for layer, k in zip(c.layers, repeats):
+                    if k:
+                        _repeat_rows(layer, k)
             new_ids = new_ids.repeat_interleave(repeat, 0)
             attention_mask = attention_mask.repeat_interleave(repeat, 0)
         def run():
-            with shared_prefix.shared_prefix(self.model, c, repeat, start_layer) if shared else _null():
+            with shared_prefix.shared_prefix(self.model, c) if shared else _null():
                 if hidden_only:
                     out = self.body(new_ids, attention_mask, cache=c)
                 else:
@@ -382,6 +397,9 @@ class FrozenLM:
                 out.cache = None
             return out
 
+        if join is not None:
+            with hooks.join_at(self.adapter, join[0], join[1].to(self.dtype), self._blocks_return_tuple):
+                return run()
         if start_layer == 0:
             return run()
         if residual is None or residual.shape[0] != new_ids.shape[0]:
