@@ -230,6 +230,39 @@ def test_shared_prefix_attention_equals_the_repeated_cache(tiny_sdpa_lm, n_new):
                                                           for t in (layer.keys, layer.values)]))
 
 
+def test_shared_prefix_attention_in_bfloat16_accumulates_in_float32():
+    """On bfloat16 inputs the shared-prefix attention keeps scores, softmax and sums in float32,
+    as sdpa's kernels do, and rounds only its output: with scores of tens (where a bfloat16 score
+    is off by a tenth) it is as close to a float64 reference as sdpa on the repeated prefix."""
+    from types import SimpleNamespace
+
+    import torch.nn.functional as F
+
+    from fvtrain.models import shared_prefix
+
+    g = torch.Generator().manual_seed(0)
+    B, r, KV, grp, T, d = 2, 3, 2, 2, 11, 16
+    q = (torch.randn(B * r, KV * grp, 1, d, generator=g) * 2).bfloat16()
+    k, v = (torch.randn(B * r, KV, 1, d, generator=g).bfloat16() for _ in range(2))
+    pk = (torch.randn(B, KV, T, d, generator=g) * 2).bfloat16()
+    pv = torch.randn(B, KV, T, d, generator=g).bfloat16()
+    keys = torch.cat([pk.repeat_interleave(r, 0), k], 2)
+    values = torch.cat([pv.repeat_interleave(r, 0), v], 2)
+    token = shared_prefix._PREFIX.set({0: (pk, pv)})
+    try:
+        got, _ = shared_prefix.shared_prefix_attention(SimpleNamespace(layer_idx=0), q, k, v, None, scaling=1.0)
+    finally:
+        shared_prefix._PREFIX.reset(token)
+    exact = F.scaled_dot_product_attention(q.double(), keys.double().repeat_interleave(grp, 1),
+                                           values.double().repeat_interleave(grp, 1), scale=1.0)
+    sdpa = F.scaled_dot_product_attention(q, keys.repeat_interleave(grp, 1), values.repeat_interleave(grp, 1),
+                                          scale=1.0)
+    assert got.dtype == torch.bfloat16
+    err_shared = (got.double() - exact.transpose(1, 2)).abs().max()
+    err_sdpa = (sdpa.double() - exact).abs().max()
+    assert err_shared <= err_sdpa * 1.05 + 1e-3, (err_shared, err_sdpa)
+
+
 def test_shared_prefix_attention_runs_only_where_it_can(tiny_llama):
     """Eager models keep the repeated cache; a layer whose attention bypasses the attention
     interface would have seen only the new tokens, and the forward says so instead."""
