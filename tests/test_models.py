@@ -279,6 +279,27 @@ def test_shared_prefix_attention_runs_only_where_it_can(tiny_llama):
             c.layers[0].update(c.layers[0].keys, c.layers[0].values)
 
 
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_rows_joining_at_later_blocks_continue_from_the_recorded_residual(attn):
+    """join_at: unedited rows that join at blocks 0, 1, 1 and the last take the residual recorded
+    there, so every row ends as the plain last token does (rows that were never overwritten would
+    carry the embedding into their first block); starts that are not ascending are refused."""
+    from fvtrain.models import hooks
+
+    lm = load_model("tiny-gemma3", attn_implementation=attn)  # sliding window and one KV head
+    b = lm.batch(PROMPTS, ANSWERS)
+    ids, mask = b.prompt_ids, b.prompt_mask
+    cache = lm.prefix_cache(ids, mask)
+    starts = torch.tensor([0, 1, 1, lm.n_layers - 1])
+    with torch.no_grad():
+        plain, resid = lm.last_token_inputs(ids, mask, cache)
+        joined = lm.last_token(ids, mask, cache, repeat=4, hidden_only=True, join=(starts, resid))
+    torch.testing.assert_close(joined, plain.repeat_interleave(4, 0), rtol=1e-5, atol=1e-5)
+    assert hooks.joined_rows(starts, lm.n_layers) == [1] + [3] * (lm.n_layers - 2) + [4]
+    with pytest.raises(ValueError, match="join_at: starts must be one ascending start layer per row of a prompt"):
+        lm.last_token(ids, mask, cache, repeat=2, hidden_only=True, join=(torch.tensor([1, 0]), resid))
+
+
 @pytest.mark.parametrize("chunk", [7, 64, 100_000])
 def test_vocab_stats_equal_the_full_logits(tiny_lm, chunk):
     """Chunked log-normaliser, picked logits and argmax equal those of the full logits (with the
