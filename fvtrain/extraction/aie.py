@@ -123,6 +123,11 @@ def aie_fast(
         base[prompt[unpatched]] = p[unpatched]
         probs[prompt[~unpatched], head[~unpatched]] = p[~unpatched]
 
+    def add(hidden: torch.Tensor, prompt: torch.Tensor, head: torch.Tensor) -> None:
+        pending.append((hidden, prompt, head))
+        if sum(len(x[0]) for x in pending) >= max_rows:
+            unembed_pending()
+
     for g0 in range(0, N, G):
         gi, gm = ids[g0 : g0 + G], mask[g0 : g0 + G]
         n = gi.shape[0]
@@ -132,7 +137,7 @@ def aie_fast(
                 hidden0, resid = lm.last_token_inputs(gi, gm, cache)
             else:
                 hidden0, resid = lm.last_token(gi, gm, cache, hidden_only=True), None
-            pending.append((hidden0, torch.arange(g0, g0 + n), torch.full((n,), -1)))
+            add(hidden0, torch.arange(g0, g0 + n), torch.full((n,), -1))
             if joined:
                 # Row b * R + l * H + h patches head (l, h) of prompt b; at block l each prompt
                 # runs its first (l + 1) * H rows, so that row is b * (l + 1) * H + l * H + h there.
@@ -142,9 +147,7 @@ def aie_fast(
                 l, h = layer_of.repeat(n), head_of.repeat(n)
                 with lm.patch_heads(l, h, values[l, h], rows=b * (l + 1) * H + l * H + h):
                     hidden = lm.last_token(gi, gm, cache, repeat=R, hidden_only=True, join=(layer_of, resid))
-                pending.append((hidden, torch.arange(g0, g0 + n).repeat_interleave(R), torch.arange(R).repeat(n)))
-                if sum(len(x[0]) for x in pending) >= max_rows:
-                    unembed_pending()
+                add(hidden, torch.arange(g0, g0 + n).repeat_interleave(R), torch.arange(R).repeat(n))
                 if progress:
                     progress(n * R)
             for cl, ch, start in chunks:
@@ -154,9 +157,7 @@ def aie_fast(
                 with lm.patch_heads(cl.repeat(n), ch.repeat(n), values[cl, ch].repeat(n, 1), rows=rows):
                     hidden = lm.last_token(gi, gm, cache, repeat=r, start_layer=start, residual=res,
                                            hidden_only=True)
-                pending.append((hidden, torch.arange(g0, g0 + n).repeat_interleave(r), (cl * H + ch).repeat(n)))
-                if sum(len(x[0]) for x in pending) >= max_rows:
-                    unembed_pending()
+                add(hidden, torch.arange(g0, g0 + n).repeat_interleave(r), (cl * H + ch).repeat(n))
                 if progress:
                     progress(n * r)
     if pending:
