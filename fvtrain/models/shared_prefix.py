@@ -27,7 +27,7 @@ import torch
 NAME = "fvtrain_shared_prefix"
 BASE = "sdpa"  # the implementation whose semantics (and masks) this one reproduces
 
-# Per forward: layer index -> (prefix keys, prefix values, repeats), filled by the cache layers'
+# Per forward: layer index -> (prefix keys, prefix values), filled by the cache layers'
 # update and consumed by that layer's attention.
 _PREFIX: ContextVar[dict | None] = ContextVar("fvtrain_shared_prefix", default=None)
 _OFF: ContextVar[bool] = ContextVar("fvtrain_shared_prefix_off", default=False)
