@@ -5,7 +5,8 @@ share of each stage spent in model forwards.
 
 Runs the pipeline in this process into a temporary folder and prints the seconds per stage, the
 total, each stage's share, the seconds inside the frozen model (decoder body and unembedding,
-timed by forward hooks) and the model loads (the main job loads the model once).
+timed by forward hooks and around ``vocab_stats``) and the model loads (the main job loads the
+model once).
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from pathlib import Path
 
 
 class ForwardTimer:
-    """Wall time inside the decoder body and the unembedding of every model loaded from now on."""
+    """Wall time inside the decoder body and the unembedding of every model loaded from now on,
+    including the blockwise unembedding of ``FrozenLM.vocab_stats`` (which multiplies by the
+    unembedding's weight without calling the module)."""
 
     def __init__(self) -> None:
         self.seconds = 0.0
@@ -29,6 +32,16 @@ class ForwardTimer:
         for module in (body, lm.model.get_output_embeddings()):
             module.register_forward_pre_hook(self._start)
             module.register_forward_hook(self._stop)
+        vocab_stats = lm.vocab_stats
+
+        def timed_vocab_stats(*args, **kwargs):
+            self._start()
+            try:
+                return vocab_stats(*args, **kwargs)
+            finally:
+                self._stop()
+
+        lm.vocab_stats = timed_vocab_stats
 
     def _start(self, *_):
         if self._depth == 0:
