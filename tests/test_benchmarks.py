@@ -1,4 +1,5 @@
-"""The GPU benchmark runs anywhere: it exits cleanly without CUDA and measures on --device cpu."""
+"""The GPU benchmark runs anywhere: it exits cleanly without CUDA and measures on --device cpu; the
+pipeline benchmark prints every stage of the main job."""
 
 from __future__ import annotations
 
@@ -57,3 +58,17 @@ def test_eval_passes_benchmark_runs_and_its_paths_agree():
     assert p.returncode == 0, p.stderr
     assert "first-token completion: one pass" in p.stdout and "same outcomes: True" in p.stdout
     assert "greedy exact match:     one pass" in p.stdout and "same texts: True" in p.stdout
+
+
+@pytest.mark.slow
+def test_pipeline_benchmark_prints_each_stage_and_its_share_in_the_model():
+    """benchmarks/pipeline.py runs the main job in-process (here its debug=fast form) and prints one
+    line per stage with its seconds, its share and its share inside the frozen model (none for the
+    report, which runs no model), after one model load."""
+    script = SCRIPT.parent / "pipeline.py"
+    p = subprocess.run([sys.executable, str(script), "debug=fast"], capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    rows = dict(re.findall(r"^  (extract|train|compose|eval|report)\s+\S+\s+\S+%\s+(\S+)", p.stdout, re.M))
+    assert set(rows) == {"extract", "train", "compose", "eval", "report"}, p.stdout[-2000:]
+    assert rows["report"] == "-" and float(rows["extract"].rstrip("%")) > 0
+    assert "model loads: 1" in p.stdout
