@@ -18,6 +18,7 @@ another implementation (eager, flash) keep the repeated cache, and so does every
 from __future__ import annotations
 
 import os
+import weakref
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Iterator
@@ -32,6 +33,9 @@ BASE = "sdpa"  # the implementation whose semantics (and masks) this one reprodu
 _PREFIX: ContextVar[dict | None] = ContextVar("fvtrain_shared_prefix", default=None)
 _OFF: ContextVar[bool] = ContextVar("fvtrain_shared_prefix_off", default=False)
 _registered = False
+# Per model: the distinct configs its modules read the attention implementation from (found once,
+# not on every forward).
+_CONFIGS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 @contextmanager
@@ -100,8 +104,10 @@ def shared_prefix(model, cache) -> Iterator[None]:
     _register()
     for i, layer in enumerate(cache.layers):
         _share(layer, i)
-    configs = {id(m.config): m.config for m in model.modules() if hasattr(getattr(m, "config", None),
-                                                                          "_attn_implementation")}
+    if model not in _CONFIGS:
+        _CONFIGS[model] = {id(m.config): m.config for m in model.modules()
+                           if hasattr(getattr(m, "config", None), "_attn_implementation")}
+    configs = _CONFIGS[model]
     before = {k: c._attn_implementation for k, c in configs.items()}
     table: dict = {}
     token = _PREFIX.set(table)
