@@ -265,8 +265,11 @@ def test_evaluate_items_matches_direct_scoring(tiny_llama, prompt):
                 assert torch.isnan(res.mc_correct[i]) and res.mc_pred[i] == -1
                 continue
             cb = make_batch(lm.tokenizer, [p(it, c) for c, _ in it.choices], [d for _, d in it.choices], T)
-            k = int(lm.score(cb, v, layer).target_logprob.argmax())
+            lp = lm.score(cb, v, layer).target_logprob.float()
+            k = int(lp.argmax())
             assert int(res.mc_pred[i]) == k and float(res.mc_correct[i]) == float(k == it.answer_index)
+            # every candidate's log-probability, multi-token ones continued from the shared prompt
+            torch.testing.assert_close(torch.tensor(res.mc_logprobs[i]), lp, rtol=1e-4, atol=1e-4)
 
 
 def test_evaluate_methods_equals_one_method_at_a_time(tiny_llama):
@@ -284,6 +287,9 @@ def test_evaluate_methods_equals_one_method_at_a_time(tiny_llama):
         got = together[name]
         assert torch.equal(got.open_correct, alone.open_correct) and torch.equal(got.mc_pred, alone.mc_pred)
         assert got.open_pred == alone.open_pred
+        for i in range(len(items)):
+            torch.testing.assert_close(torch.tensor(got.mc_logprobs[i]), torch.tensor(alone.mc_logprobs[i]),
+                                       rtol=1e-4, atol=1e-4)
     none, z = together["none"], together["z"]
     assert z.open_pred[1] == none.open_pred[1]  # a zero row leaves its item unedited
 

@@ -335,6 +335,31 @@ def test_vocab_stats_equal_the_full_logits(tiny_lm, chunk):
     torch.testing.assert_close(h.grad, h_ref.grad, rtol=1e-4, atol=1e-5)
 
 
+def test_hidden_logprobs_unembed_only_target_columns(tiny_lm, monkeypatch):
+    """Target log-probabilities from hidden states equal those of the full logits, and padding
+    columns (a shorter target, a row with no target at all) never reach the unembedding."""
+    from fvtrain.models.scoring import hidden_logprobs, token_logprobs
+
+    lm = tiny_lm
+    g = torch.Generator().manual_seed(1)
+    hidden = torch.randn(4, 3, lm.d_model, generator=g)
+    V = lm.logits_of(hidden[0, :1]).shape[-1]
+    ids = torch.randint(0, V, (4, 3), generator=g)
+    mask = torch.tensor([[1, 1, 1], [1, 0, 0], [0, 0, 0], [1, 1, 0]])
+    seen = []
+    real = type(lm).vocab_stats
+    monkeypatch.setattr(type(lm), "vocab_stats", lambda self, h, *a, **k: seen.append(len(h)) or real(self, h, *a, **k))
+    with torch.no_grad():
+        got = hidden_logprobs(lm, hidden, ids, mask)
+        full = lm.logits_of(hidden.reshape(12, -1)).view(4, 3, -1)
+    torch.testing.assert_close(got, token_logprobs(full, ids, mask), rtol=1e-5, atol=1e-5)
+    assert got[2].item() == 0.0
+    assert seen == [6]
+    torch.testing.assert_close(hidden_logprobs(lm, hidden, ids, mask, tokens="first"),
+                               token_logprobs(full, ids, mask, tokens="first") * mask[:, 0], rtol=1e-5, atol=1e-5)
+    assert seen == [6, 3]
+
+
 def test_patch_heads_with_own_values_is_identity_and_others_change(tiny_lm):
     lm = tiny_lm
     batch = lm.batch(PROMPTS, ANSWERS)

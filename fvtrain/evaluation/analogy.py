@@ -111,6 +111,7 @@ class ItemResults:
     open_pred: list[str]  # decoded top-1 first token
     open_exact: torch.Tensor | None = None  # [I] float 0/1: greedy answer line equals an accepted D
     open_text: list[str] | None = None  # the greedy answer line
+    mc_logprobs: list[list[float]] | None = None  # log P(candidate D | prompt) per choice, in order
 
     def subset(self, idx: Sequence[int]) -> "ItemResults":
         i = torch.as_tensor(list(idx), dtype=torch.long)
@@ -118,7 +119,8 @@ class ItemResults:
         return ItemResults(self.open_correct[i], self.mc_correct[i], self.mc_pred[i],
                            [self.open_pred[j] for j in rows],
                            None if self.open_exact is None else self.open_exact[i],
-                           None if self.open_text is None else [self.open_text[j] for j in rows])
+                           None if self.open_text is None else [self.open_text[j] for j in rows],
+                           None if self.mc_logprobs is None else [self.mc_logprobs[j] for j in rows])
 
 
 def _prompt(template: PromptTemplate, prompt: str, item: AnalogyItem, c: str) -> str:
@@ -142,11 +144,11 @@ def _eval_shared(lm: FrozenLM, items: Sequence[AnalogyItem], template: PromptTem
     The prompt's prefix (all columns but the last) runs once for all methods. Per method, the last
     prompt token runs once per item with the method's vector injected: its logits are the
     open-ended prediction and the first-token log-probabilities of every candidate. Candidates of
-    more than one token then continue from that token's cache, one row per candidate (item-major,
-    padded to the most candidates), with no further injection. With ``budget`` (greedy steps per
+    more than one token then continue from that token's cache, one row each, with no further
+    injection; only their target tokens are unembedded. With ``budget`` (greedy steps per
     item) every method's greedy continuation also starts from that token's top token and cache, as
     :func:`~fvtrain.evaluation.relation.exact_match_methods` would run them: its raw text is the
-    tuple's fifth element.
+    tuple's fifth element, each candidate's log-probability its sixth.
     """
     tok = lm.tokenizer
     B = len(items)
@@ -173,6 +175,7 @@ def _eval_shared(lm: FrozenLM, items: Sequence[AnalogyItem], template: PromptTem
                 rest_ids[row, : len(c) - 1] = torch.tensor(c[:-1])
                 rest_tgt[row, : len(c) - 1] = torch.tensor(c[1:])
                 rest_mask[row, : len(c) - 1] = 1
+    multi = rest_mask[:, 0].nonzero().squeeze(1) if M > 1 else torch.zeros(0, dtype=torch.long)
     out: dict[str, tuple] = {}
     names = list(methods)
     NM = len(names)
@@ -192,12 +195,15 @@ def _eval_shared(lm: FrozenLM, items: Sequence[AnalogyItem], template: PromptTem
         tops = st.argmax.cpu().view(B, NM)
         for m, name in enumerate(names):
             lp = first_lp[:, m]  # [B, K]
-            if M > 1:
+            if len(multi):
                 # the continuation's own cache (with the edited last token), one copy per candidate
-                c2 = lm.repeat_cache(lm.cache_rows(o1.cache, torch.arange(B) * NM + m), K)
-                full = torch.cat([mask.repeat_interleave(K, 0), rest_mask], 1)
-                o2 = lm.continue_from(c2, rest_ids, full, hidden_only=True)
-                lp = lp + hidden_logprobs(lm, o2.last_hidden_state, rest_tgt, rest_mask).cpu().view(B, K)
+                # of more than one token (the others have no further token to score)
+                c2 = lm.cache_rows(o1.cache, multi // K * NM + m)
+                full = torch.cat([mask[multi // K], rest_mask[multi]], 1)
+                o2 = lm.continue_from(c2, rest_ids[multi], full, hidden_only=True)
+                rest = torch.zeros(B * K)
+                rest[multi] = hidden_logprobs(lm, o2.last_hidden_state, rest_tgt[multi], rest_mask[multi]).cpu()
+                lp = lp + rest.view(B, K)
             lp = lp.masked_fill(~valid, float("-inf"))
             top = tops[:, m]
             pred = lp.argmax(-1)
@@ -205,6 +211,7 @@ def _eval_shared(lm: FrozenLM, items: Sequence[AnalogyItem], template: PromptTem
                 [int(top[r]) in firsts[r] for r in range(B)], top.tolist(),
                 [float(int(pred[r]) == it.answer_index) for r, it in enumerate(items)], pred.tolist(),
                 texts[m::NM] if budget is not None else None,
+                [lp[r, : len(it.choices)].tolist() for r, it in enumerate(items)],
             )
     return out
 
@@ -252,15 +259,16 @@ def evaluate_methods(
     # (the same computation exact_match_methods makes, without running the prompts twice).
     budgets = exact_budgets(tok, template, [list(it.d) for it in items]) if exact else None
     raw: dict[str, list] = {n: [None] * I for n in methods}
+    scores: dict[str, list] = {n: [[] for _ in range(I)] for n in methods}
     for s in range(0, len(shared), batch_size):
         idx = shared[s : s + batch_size]
         sub = {n: None if v is None else v[idx] for n, v in methods.items()}
         got = _eval_shared(lm, [items[i] for i in idx], template, prompt, sub, layer,
                            [budgets[i] for i in idx] if exact else None)
-        for n, (o, t, m, p, texts) in got.items():
+        for n, (o, t, m, p, texts, lps) in got.items():
             ok, mc, pred, top = res[n]
             for j, i in enumerate(idx):
-                ok[i], top[i], mc[i], pred[i] = o[j], t[j], m[j], p[j]
+                ok[i], top[i], mc[i], pred[i], scores[n][i] = o[j], t[j], m[j], p[j], lps[j]
                 if texts is not None:
                     raw[n][i] = texts[j]
     for s in range(0, len(other), batch_size):
@@ -288,10 +296,12 @@ def evaluate_methods(
             lp = lm.score(cand, vector=cvec, layer=layer).target_logprob.float().cpu()
             for row, it in enumerate(chunk):
                 if it.choices:
+                    scores[n][idx[row]] = lp[owner_t == row].tolist()
                     k = int(lp[owner_t == row].argmax())
                     pred[idx[row]] = k
                     mc[idx[row]] = float(k == it.answer_index)
-    out = {n: ItemResults(ok, mc, pred, [tok.decode([t]) for t in top]) for n, (ok, mc, pred, top) in res.items()}
+    out = {n: ItemResults(ok, mc, pred, [tok.decode([t]) for t in top], mc_logprobs=scores[n])
+           for n, (ok, mc, pred, top) in res.items()}
     if exact and items:
         if other:  # items without a shared prompt decode on their own
             ems = exact_match_methods(lm, [_prompt(template, prompt, items[i], items[i].c) for i in other],

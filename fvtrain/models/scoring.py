@@ -31,6 +31,12 @@ def hidden_logprobs(lm, hidden: torch.Tensor, target_ids: torch.Tensor, target_m
     if tokens == "first":
         hidden, target_ids, target_mask = hidden[:, :1], target_ids[:, :1], target_mask[:, :1]
     R, M, d = hidden.shape
-    st = lm.vocab_stats(hidden.reshape(R * M, d), target_ids.reshape(R * M, 1), argmax=False)
-    picked = st.logprob().view(R, M)
-    return (picked * target_mask.to(picked.device).to(picked.dtype)).sum(-1)
+    mask = target_mask.to(hidden.device).reshape(R * M)
+    # Only target columns are unembedded: padding columns (shorter targets, single-token
+    # candidates in a multi-token batch) would cost a vocabulary-wide row each for nothing.
+    keep = mask.nonzero().squeeze(1)
+    picked = torch.zeros(R * M, device=hidden.device)
+    if len(keep):
+        ids = target_ids.to(hidden.device).reshape(R * M, 1)[keep]
+        picked[keep] = lm.vocab_stats(hidden.reshape(R * M, d)[keep], ids, argmax=False).logprob()[:, 0]
+    return (picked.view(R, M) * mask.view(R, M).to(picked.dtype)).sum(-1)
