@@ -111,7 +111,7 @@ def test_score_pairs_matches_direct_batch(tiny_llama):
     torch.testing.assert_close(s, source_scores_loop(lm, b, bank, 2), rtol=0, atol=1e-5)
 
 
-def test_target_logprob_equals_score_and_gradients_reach_only_the_vector(tiny_llama):
+def test_target_logprob_equals_score_and_gradients_reach_only_the_vector(tiny_llama, monkeypatch):
     lm = tiny_llama
     b = make_batch(lm.tokenizer, [zero_shot(T, a) for a, _ in PAIRS], [y for _, y in PAIRS], T)
     v = bank_tensor(lm, len(PAIRS)).requires_grad_(True)
@@ -123,6 +123,29 @@ def test_target_logprob_equals_score_and_gradients_reach_only_the_vector(tiny_ll
     assert all(p.grad is None for p in lm.model.parameters())
     torch.testing.assert_close(target_logprob(lm, b, None, None).detach(), lm.score(b).target_logprob,
                                rtol=0, atol=1e-5)
+    # Against every column's logits of a plain forward: padding columns (targets of unequal
+    # length) are left out of the unembedding, the first-token score runs one column only, and
+    # the gradient is the same.
+    from fvtrain.models.scoring import token_logprobs
+
+    assert (b.target_mask == 0).any() and (b.target_mask.sum(1) > 1).any()
+    P, M = b.prompt_len, b.target_ids.shape[1]
+    ref_v = v.detach().clone().requires_grad_(True)
+    with lm.inject(ref_v, 1, positions=P - 1):
+        logits = lm.forward(b.input_ids, b.attention_mask, logits_to_keep=M).logits
+    token_logprobs(logits, b.target_ids, b.target_mask).sum().backward()
+    torch.testing.assert_close(v.grad, ref_v.grad, rtol=1e-4, atol=1e-5)
+    first = target_logprob(lm, b, v.detach(), 1, tokens="first")
+    torch.testing.assert_close(first, token_logprobs(logits, b.target_ids, b.target_mask, "first").detach(),
+                               rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="tokens must be 'all' or 'first', got 'last'"):
+        target_logprob(lm, b, v, 1, tokens="last")
+    seen = []
+    real = type(lm).logits_of
+    monkeypatch.setattr(type(lm), "logits_of", lambda self, h: seen.append(len(h)) or real(self, h))
+    target_logprob(lm, b, v.detach(), 1)
+    target_logprob(lm, b, v.detach(), 1, tokens="first")
+    assert seen == [int(b.target_mask.sum()), len(PAIRS)]
 
 
 def test_scoring_rejects_a_vector_of_another_size(tiny_llama):

@@ -416,16 +416,29 @@ class FrozenLM:
         :meth:`prefix_cache`, and is reused: a forward never modifies it); gradients reach the
         vectors through the last prompt token and the target tokens only (the LM gets none).
         """
-        from fvtrain.models.scoring import token_logprobs
-
-        P, M = batch.prompt_len, batch.target_ids.shape[1]
+        if tokens not in ("all", "first"):
+            raise ValueError(f"tokens must be 'all' or 'first', got {tokens!r}")
+        P = batch.prompt_len
+        # Columns past the first target token are run only when they are scored.
+        M = 1 if tokens == "first" else batch.target_ids.shape[1]
         ids, mask = batch.input_ids, batch.attention_mask
         if cache is None:
             cache = self.prefix_cache(ids[:, :P], mask[:, :P])
         edit = self.inject(vectors, layer, positions=0) if vectors is not None else _null()
         with edit:
-            logits = self.continue_from(cache, ids[:, P - 1 :], mask, logits_to_keep=M).logits
-        return token_logprobs(logits, batch.target_ids, batch.target_mask, tokens)
+            hidden = self.continue_from(cache, ids[:, P - 1 : P - 1 + M], mask[:, : P - 1 + M],
+                                        hidden_only=True).last_hidden_state
+        B, d = hidden.shape[0], hidden.shape[-1]
+        tgt = batch.target_ids[:, :M].to(hidden.device)
+        keep = torch.ones(B * M, dtype=torch.bool, device=hidden.device) if tokens == "first" \
+            else batch.target_mask[:, :M].to(hidden.device).reshape(B * M).bool()
+        # Only target columns are unembedded (a padding column is a vocabulary-wide row of
+        # logits, and of their gradient, for nothing); the others stay 0.
+        rows = keep.nonzero().squeeze(1)
+        logits = self.logits_of(hidden.reshape(B * M, d)[rows]).float()
+        picked = logits.gather(1, tgt.reshape(B * M, 1)[rows]).squeeze(1) - logits.logsumexp(-1)
+        full = torch.zeros(B * M, device=hidden.device, dtype=picked.dtype).index_put((rows,), picked)
+        return full.view(B, M).sum(-1)
 
     def batch(
         self,
