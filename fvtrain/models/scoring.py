@@ -34,7 +34,8 @@ def hidden_logprobs(lm, hidden: torch.Tensor, target_ids: torch.Tensor, target_m
     mask = target_mask.to(hidden.device).reshape(R * M)
     # Only target columns are unembedded: padding columns (shorter targets, single-token
     # candidates in a multi-token batch) would cost a vocabulary-wide row each for nothing.
-    keep = mask.nonzero().squeeze(1)
+    # The masks are built on the host: finding the columns there costs no device sync.
+    keep = target_mask.reshape(R * M).nonzero().squeeze(1).to(hidden.device)
     picked = torch.zeros(R * M, device=hidden.device)
     if len(keep):
         ids = target_ids.to(hidden.device).reshape(R * M, 1)[keep]

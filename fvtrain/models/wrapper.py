@@ -430,11 +430,12 @@ class FrozenLM:
                                         hidden_only=True).last_hidden_state
         B, d = hidden.shape[0], hidden.shape[-1]
         tgt = batch.target_ids[:, :M].to(hidden.device)
-        keep = torch.ones(B * M, dtype=torch.bool, device=hidden.device) if tokens == "first" \
-            else batch.target_mask[:, :M].to(hidden.device).reshape(B * M).bool()
         # Only target columns are unembedded (a padding column is a vocabulary-wide row of
-        # logits, and of their gradient, for nothing); the others stay 0.
-        rows = keep.nonzero().squeeze(1)
+        # logits, and of their gradient, for nothing); the others stay 0. The mask is the
+        # batch's host tensor: finding the columns costs no device sync in a training step.
+        keep = torch.ones(B * M, dtype=torch.bool) if tokens == "first" \
+            else batch.target_mask[:, :M].reshape(B * M).bool()
+        rows = keep.nonzero().squeeze(1).to(hidden.device)
         logits = self.logits_of(hidden.reshape(B * M, d)[rows]).float()
         picked = logits.gather(1, tgt.reshape(B * M, 1)[rows]).squeeze(1) - logits.logsumexp(-1)
         full = torch.zeros(B * M, device=hidden.device, dtype=picked.dtype).index_put((rows,), picked)
