@@ -247,6 +247,23 @@ def test_training_lowers_the_loss_and_keeps_each_relations_best_epoch(tiny_llama
         assert torch.equal(sel[r], m.best_vectors[r])
 
 
+def test_testing_without_icl_prompts_warns_nothing(tiny_llama, tmp_path):
+    """With the ICL rows reused from extraction the test loop runs no ICL batch: its metric is
+    read (every rank reads it, so distributed runs stay in step) without torchmetrics' warning
+    about a compute before any update, and no ICL row is reported."""
+    import warnings
+
+    splits = {n: _split(n, offset=2 * i) for i, n in enumerate("ab")}
+    m = _module(tiny_llama, relations=("a", "b"))
+    dm = _dm(splits)
+    trainer = _fit(m, dm, tmp_path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.test(m, datamodule=dm, verbose=False)
+    assert not [w for w in caught if "before the ``update``" in str(w.message)]
+    assert "icl" not in m.test_results and "zero_shot/ffv" in m.test_results
+
+
 def test_nan_loss_stops_naming_relation_and_step(tiny_llama, tmp_path):
     splits = {n: _split(n, offset=2 * i) for i, n in enumerate(["antonym", "capital"])}
     m = _module(tiny_llama, relations=("antonym", "capital"), lam=0.0)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -427,7 +428,11 @@ class FFVModule(LightningModule):
         for key, metric in self.test_metrics.items():
             mode, method = key.split("__")
             if mode == "icl":
-                res = relation_scores(metric)
+                # No ICL batch when its numbers come from extraction. Every rank still computes
+                # (a distributed compute is collective); only torchmetrics' warning is dropped.
+                with warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", message=r"The ``compute`` method of metric")
+                    res = relation_scores(metric)
                 if bool((res["count"] > 0).any()):
                     self._log_scores("test/icl", res, count=True)
                     self.test_results["icl"] = {k: v.detach().cpu() for k, v in res.items()}
