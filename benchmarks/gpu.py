@@ -21,7 +21,9 @@ shuffled 10-shot prompts), composition scoring (a bank of --bank vectors), each 
 count, the time that count takes at the device's measured matrix-product rate (a large GEMM in the
 same dtype, timed first) and the share of that floor reached, plus peak memory. ``--layers`` and
 ``--vocab`` shrink the shape (to run the script on a CPU). The whole pipeline needs a tokenizer and
-data, so it is not part of this mode: time it with ``benchmarks/pipeline.py model=...``.
+data, so it is not part of this mode: time it on the same random shape with
+``benchmarks/pipeline.py model=shape model.name=shape-llama3-8b model.dtype=bfloat16 model.device=cuda``
+(README, "Benchmarks").
 
     python benchmarks/gpu.py --shape llama3-8b --dtype bfloat16
     python benchmarks/gpu.py --shape qwen3-0.6b --device cpu --layers 2 --vocab 4096   # anywhere
@@ -41,6 +43,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from fvtrain.models.shapes import SHAPES  # noqa: E402  (after the path set-up above)
+
 
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
@@ -59,42 +63,17 @@ def _timed(fn, device: torch.device, repeats: int) -> float:
     return statistics.median(times)
 
 
-# Real shapes (from the models' published configs), built with random weights on the device.
-SHAPES = {
-    "llama3-8b": ("llama", dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
-                                num_attention_heads=32, num_key_value_heads=8, vocab_size=128256,
-                                rope_theta=500000.0, max_position_embeddings=8192)),
-    "qwen3-0.6b": ("qwen3", dict(hidden_size=1024, intermediate_size=3072, num_hidden_layers=28,
-                                 num_attention_heads=16, num_key_value_heads=8, head_dim=128,
-                                 vocab_size=151936, tie_word_embeddings=True, max_position_embeddings=40960)),
-    "gptj-6b": ("gptj", dict(n_embd=4096, n_layer=28, n_head=16, rotary_dim=64, vocab_size=50400,
-                             n_positions=2048)),
-}
-
-
 def shape_model(shape: str, device: torch.device, dtype: torch.dtype, layers: int | None = None,
                 vocab: int | None = None):
-    """A ``FrozenLM`` of random weights with ``shape``'s config (``layers``/``vocab`` override)."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
+    """A ``FrozenLM`` of random weights with ``shape``'s config (``layers``/``vocab`` override).
+    Prompts are random token ids: the tiny tokenizer only fills the wrapper's slot."""
+    from fvtrain.models import shapes
     from fvtrain.models.source import ModelSource
     from fvtrain.models.tiny import tiny_tokenizer
     from fvtrain.models.wrapper import FrozenLM
 
-    family, kw = SHAPES[shape]
-    kw = dict(kw)
-    if layers:
-        kw["n_layer" if family == "gptj" else "num_hidden_layers"] = layers
-    if vocab:
-        kw["vocab_size"] = vocab
-    cfg = AutoConfig.for_model(family, **kw)
-    if family != "gptj":
-        cfg._attn_implementation = "sdpa"
-    torch.manual_seed(0)
-    with torch.device(device):
-        model = AutoModelForCausalLM.from_config(cfg, dtype=dtype)
-    model.eval().requires_grad_(False)
-    return FrozenLM(model, tiny_tokenizer(), ModelSource(shape, "random", revision="seed:0"))
+    model = shapes.shape_model(shape, device, dtype, layers=layers, vocab=vocab)
+    return FrozenLM(model, tiny_tokenizer(), ModelSource(f"shape-{shape}", "shape", revision="random:seed0"))
 
 
 def random_batch(n: int, prompt_len: int, target_len: int, vocab: int, seed: int, relations: int = 1):

@@ -23,7 +23,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from fvtrain.data.errors import DataEncodingError, DataFormatError
     from fvtrain.data.types import UnknownRelationError
     from fvtrain.models.adapters import UnsupportedArchitectureError
-    from fvtrain.models.loading import ModelNotFoundError
+    from fvtrain.models.loading import ModelNotFoundError, ModelOptionError
 
     return (ConfigError, DataFormatError, DataEncodingError, UnknownRelationError, UnsafeNameError,
-            UnsupportedArchitectureError, ModelNotFoundError)
+            UnsupportedArchitectureError, ModelNotFoundError, ModelOptionError)

@@ -54,12 +54,13 @@ def check_devices(cfg: DictConfig) -> None:
 
 def check_geometry(cfg: DictConfig, layer: int | None, k: int | None = None) -> dict[str, int]:
     """Validate devices, then layer and k against the model's config, without loading weights."""
-    from fvtrain.models.loading import config_geometry, load_config
+    from fvtrain.models.loading import check_model_options, config_geometry, load_config
 
     check_devices(cfg)
+    check_model_options(cfg.model.name, cfg.model.get("layers"), cfg.model.get("tokenizer"))
 
     geo = config_geometry(load_config(cfg.model.name, cfg.model.get("revision"),
-                                      cfg.model.get("trust_remote_code", False)))
+                                      cfg.model.get("trust_remote_code", False), cfg.model.get("layers")))
     L, H = geo["n_layers"], geo["n_heads"]
     if layer is not None and not 0 <= int(layer) < L:
         raise ConfigError(

@@ -79,3 +79,22 @@ def test_pipeline_benchmark_prints_each_stage_and_its_share_in_the_model():
     assert set(rows) == {"extract", "train", "compose", "eval", "report"}, p.stdout[-2000:]
     assert rows["report"] == "-" and float(rows["extract"].rstrip("%")) > 0
     assert "model loads: 1" in p.stdout
+
+
+@pytest.mark.slow
+def test_gpu_session_script_runs_every_measurement_on_a_small_shape(tmp_path):
+    """benchmarks/gpu_session.sh (the one call a GPU session makes) on a CPU and a one-block shape:
+    the kernel measurements against their floors, then the study on the same random shape."""
+    import os
+
+    script = SCRIPT.parent / "gpu_session.sh"
+    env = {**os.environ, "PYTHON": sys.executable, "SHAPE": "qwen3-0.6b", "DEVICE": "cpu", "DTYPE": "float32",
+           "GPU_ARGS": "--layers 1 --vocab 2048 --n-corrupt 2 --ffv-prompts 4 --bank 4 --score-prompts 4 --repeats 1",
+           "PIPELINE_ARGS": "model.layers=1 debug=fast stages=[extract] data.relations=[antonym]"}
+    p = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=900, env=env, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "random qwen3-0.6b float32: 1 layers x 16 heads" in p.stdout
+    assert "cached step" in p.stdout and "source_scores" in p.stdout
+    assert "model=shape model.name=shape-qwen3-0.6b model.dtype=float32 model.device=cpu" in p.stdout
+    assert re.search(r"^\s+extract\s+[\d.]+\s", p.stdout, re.M)
+    assert "model loads: 1" in p.stdout

@@ -41,6 +41,10 @@ class ModelNotFoundError(ValueError):
     """The model name or path is neither an alias, a local model, a GGUF file nor a hub model."""
 
 
+class ModelOptionError(ValueError):
+    """A model option that does not apply to this kind of model."""
+
+
 def cache_root() -> Path:
     """``$FVTRAIN_CACHE`` or ``~/.cache/fvtrain``."""
     env = os.environ.get(CACHE_ENV)
@@ -93,6 +97,13 @@ def resolve_source(name: str, revision: str | None = None) -> ModelSource:
                 + ", ".join(f"tiny-{f}" for f in TINY_FAMILIES)
             )
         return ModelSource(name, "tiny", revision="seed:0")
+    if name.startswith("shape-"):
+        from fvtrain.models.shapes import SHAPES
+
+        if name[6:] not in SHAPES:
+            raise ModelNotFoundError(f"unknown model shape {name!r}; known: "
+                                     + ", ".join(f"shape-{s}" for s in SHAPES))
+        return ModelSource(name, "shape", revision="random:seed0")
     p = Path(name).expanduser()
     if p.suffix == ".gguf":
         if not p.is_file():
@@ -244,12 +255,17 @@ def load_model(
     trust_remote_code: bool = False,
     attn_implementation: str | None = None,
     self_check: bool = False,
+    layers: int | None = None,
+    tokenizer: str | None = None,
 ):
     """Load a frozen causal LM wrapped in :class:`~fvtrain.models.wrapper.FrozenLM`.
 
     ``name`` is the alias ``gemma3-270m`` (the embedded default), a hub id, a local
     ``save_pretrained`` folder, or a ``.gguf`` file. Remote code never runs unless
     ``trust_remote_code=True``. ``device_map`` (e.g. ``"auto"``) spreads a large model over GPUs.
+    ``shape-llama3-8b`` (``fvtrain.models.shapes``) is a random-weight model of that shape, for
+    timing: ``layers`` keeps its first blocks only, ``tokenizer`` names the tokenizer its prompts
+    use (default: the embedded model's).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -259,6 +275,18 @@ def load_model(
     keep_freed_memory()  # model passes reallocate the same shapes: keep their pages (allocator.py)
     source = resolve_source(name, revision)
     torch_dtype = resolve_dtype(dtype)
+    check_model_options(name, layers, tokenizer)
+    if source.kind == "shape":
+        from fvtrain.models.shapes import shape_model
+
+        log.warning("%s: random weights of that shape, for timing; its accuracies mean nothing", name)
+        tok = _prompt_tokenizer(tokenizer)
+        model = shape_model(name[6:], device, torch_dtype, layers=layers, attn_implementation=attn_implementation,
+                            vocab=max(len(tok), _shape_vocab(name[6:])))
+        lm = FrozenLM(model, tok, source)
+        if self_check:
+            lm.self_check()
+        return lm
     if source.kind == "tiny":
         from fvtrain.models.tiny import tiny_model
 
@@ -291,11 +319,41 @@ def load_model(
     return lm
 
 
-def load_config(name: str, revision: str | None = None, trust_remote_code: bool = False):
+def check_model_options(name: str, layers: int | None = None, tokenizer: str | None = None) -> None:
+    """``layers`` and ``tokenizer`` exist for random-weight shape models only (a real checkpoint cut
+    short or read with another tokenizer would give numbers that look real and are not)."""
+    if (layers is not None or tokenizer is not None) and resolve_source(name).kind != "shape":
+        raise ModelOptionError(f"model.layers and model.tokenizer apply to random-weight shape models "
+                               f"(model.name=shape-...) only, not to {name!r}; leave them null")
+
+
+def _prompt_tokenizer(tokenizer: str | None):
+    """A shape model's tokenizer: the embedded model's, any model's, or a tokenizer-only folder
+    (``save_pretrained`` of a tokenizer: a GPU box without the embedded package can carry one)."""
+    p = Path(tokenizer).expanduser() if tokenizer else None
+    if p is not None and p.is_dir() and not (p / "config.json").is_file():
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(str(p))
+    return load_tokenizer(tokenizer or "gemma3-270m")
+
+
+def _shape_vocab(shape: str) -> int:
+    from fvtrain.models.shapes import SHAPES
+
+    return SHAPES[shape][1]["vocab_size"]
+
+
+def load_config(name: str, revision: str | None = None, trust_remote_code: bool = False,
+                layers: int | None = None):
     """The model's config only (no weights), for validating a run before any model work."""
     from transformers import AutoConfig
 
     source = resolve_source(name, revision)
+    if source.kind == "shape":
+        from fvtrain.models.shapes import shape_config
+
+        return shape_config(name[6:], layers=layers)
     if source.kind == "tiny":
         from fvtrain.models.tiny import tiny_config, tiny_tokenizer
 

@@ -96,7 +96,8 @@ def check_ffv(cfg: DictConfig) -> None:
 def model_d_model(cfg: DictConfig) -> int:
     from fvtrain.models.loading import load_config
 
-    c = load_config(cfg.model.name, cfg.model.get("revision"), cfg.model.get("trust_remote_code", False))
+    c = load_config(cfg.model.name, cfg.model.get("revision"), cfg.model.get("trust_remote_code", False),
+                    cfg.model.get("layers"))
     c = getattr(c, "text_config", None) or c
     for name in ("hidden_size", "n_embd", "d_model"):
         if getattr(c, name, None) is not None:
