@@ -16,6 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+
 
 class ForwardTimer:
     """Wall time inside the decoder body and the unembedding of every model loaded from now on,
@@ -23,11 +25,15 @@ class ForwardTimer:
     unembedding's weight without calling the module)."""
 
     def __init__(self) -> None:
+        self._sync = lambda: None
         self.seconds = 0.0
         self._depth = 0
         self._t0 = 0.0
 
     def attach(self, lm) -> None:
+        # On a GPU, kernels run after their launch returns: the timer waits for them at each
+        # boundary, or it would time launches.
+        self._sync = torch.cuda.synchronize if lm.device.type == "cuda" else (lambda: None)
         body = lm.model.get_decoder() if hasattr(lm.model, "get_decoder") else lm.model
         for module in (body, lm.model.get_output_embeddings()):
             module.register_forward_pre_hook(self._start)
@@ -45,12 +51,14 @@ class ForwardTimer:
 
     def _start(self, *_):
         if self._depth == 0:
+            self._sync()
             self._t0 = time.perf_counter()
         self._depth += 1
 
     def _stop(self, *_):
         self._depth -= 1
         if self._depth == 0:
+            self._sync()
             self.seconds += time.perf_counter() - self._t0
 
 
