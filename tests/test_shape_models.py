@@ -59,6 +59,24 @@ def test_a_shape_model_takes_its_tokenizers_vocabulary(tmp_path):
     assert lm.source.kind == "shape" and len(lm.tokenizer) < 400
 
 
+def test_a_shape_larger_than_free_memory_is_refused_before_allocating(monkeypatch):
+    """Weights counted on the meta device against the device's free memory: a clear refusal instead
+    of a machine filled by random initialisation."""
+    import fvtrain.models.wrapper as wrapper
+    from fvtrain.models.shapes import shape_bytes
+
+    assert shape_bytes("qwen3-0.6b", vocab=151936) == 596_049_920 * 4  # Qwen3-0.6B's parameter count
+    monkeypatch.setattr(wrapper, "free_memory", lambda device: 10 * 10**9)
+    with pytest.raises(ModelOptionError) as err:
+        load_model("shape-llama3-8b", dtype="bfloat16")
+    assert str(err.value) == ("shape-llama3-8b (262,144-token vocabulary) needs 18.3 GB for its bfloat16 weights "
+                              "and cpu has 10.0 GB free; use fewer blocks (model.layers=N) or a device with more "
+                              "memory")
+    with pytest.raises(ModelOptionError, match=r"needs 36\.5 GB for its float32 weights and cpu has 10\.0 GB free; "
+                                               r"use model\.dtype=bfloat16, fewer blocks"):
+        load_model("shape-llama3-8b")
+
+
 @pytest.mark.slow
 def test_extraction_runs_on_a_random_model_of_a_real_shape(tmp_path):
     """The real CLI on Qwen3-0.6B's widths (one block) with the embedded tokenizer: artifacts name

@@ -277,12 +277,21 @@ def load_model(
     torch_dtype = resolve_dtype(dtype)
     check_model_options(name, layers, tokenizer)
     if source.kind == "shape":
-        from fvtrain.models.shapes import shape_model
+        from fvtrain.models.shapes import shape_bytes, shape_model
+        from fvtrain.models.wrapper import free_memory
 
         log.warning("%s: random weights of that shape, for timing; its accuracies mean nothing", name)
         tok = _prompt_tokenizer(tokenizer)
+        vocab = max(len(tok), _shape_vocab(name[6:]))
+        need, free = shape_bytes(name[6:], torch_dtype, layers, vocab), free_memory(torch.device(device))
+        if need > free:  # random init would otherwise fill the machine and be killed without a word
+            half = "model.dtype=bfloat16, " if torch_dtype == torch.float32 else ""
+            raise ModelOptionError(
+                f"{name} ({vocab:,}-token vocabulary) needs {need / 1e9:.1f} GB for its "
+                f"{str(torch_dtype).removeprefix('torch.')} weights and {device} has {free / 1e9:.1f} GB "
+                f"free; use {half}fewer blocks (model.layers=N) or a device with more memory")
         model = shape_model(name[6:], device, torch_dtype, layers=layers, attn_implementation=attn_implementation,
-                            vocab=max(len(tok), _shape_vocab(name[6:])))
+                            vocab=vocab)
         lm = FrozenLM(model, tok, source)
         if self_check:
             lm.self_check()

@@ -45,6 +45,16 @@ def shape_config(shape: str, layers: int | None = None, vocab: int | None = None
     return cfg
 
 
+def shape_bytes(shape: str, dtype: torch.dtype = torch.float32, layers: int | None = None,
+                vocab: int | None = None) -> int:
+    """Bytes of ``shape``'s weights in ``dtype``, counted on the meta device (nothing allocated)."""
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(shape_config(shape, layers, vocab), dtype=dtype)
+    return sum(p.numel() for p in model.parameters()) * torch.empty(0, dtype=dtype).element_size()
+
+
 def shape_model(shape: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
                 layers: int | None = None, vocab: int | None = None, attn_implementation: str | None = None,
                 seed: int = 0):
