@@ -24,8 +24,20 @@ TOKENIZER=()
 if [ -d .tok ]; then TOKENIZER=(model.tokenizer="$PWD/.tok"); fi
 export PYTHONUNBUFFERED=1
 if [ "$DEVICE" != cpu ]; then nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true; fi
+# Both run even if one fails; logs go to $OUT (the device's returned folder) or a temporary
+# folder, and both results are printed again at the end, where a truncated output keeps them.
+LOGS=${OUT:-$(mktemp -d)}
+set +e
 # shellcheck disable=SC2086  # GPU_ARGS and PIPELINE_ARGS are word lists
-"$PY" benchmarks/gpu.py --shape "$SHAPE" --dtype "$DTYPE" --device "$DEVICE" --max-rows auto ${GPU_ARGS:-}
+"$PY" benchmarks/gpu.py --shape "$SHAPE" --dtype "$DTYPE" --device "$DEVICE" --max-rows auto ${GPU_ARGS:-} \
+    2>&1 | tee "$LOGS/gpu.log"
+rc_gpu=${PIPESTATUS[0]}
 # shellcheck disable=SC2086
 "$PY" benchmarks/pipeline.py model=shape model.name="shape-$SHAPE" model.dtype="$DTYPE" model.device="$DEVICE" \
-    "${TOKENIZER[@]}" ${PIPELINE_ARGS:-}
+    "${TOKENIZER[@]}" ${PIPELINE_ARGS:-} > "$LOGS/pipeline.log" 2>&1
+rc_pipeline=$?
+echo "=== benchmarks/gpu.py (exit $rc_gpu) ==="
+grep -v "Loading weights" "$LOGS/gpu.log" | tail -40
+echo "=== benchmarks/pipeline.py (exit $rc_pipeline; whole log: $LOGS/pipeline.log) ==="
+tail -12 "$LOGS/pipeline.log"
+exit $(( rc_gpu > rc_pipeline ? rc_gpu : rc_pipeline ))

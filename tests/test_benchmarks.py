@@ -98,3 +98,10 @@ def test_gpu_session_script_runs_every_measurement_on_a_small_shape(tmp_path):
     assert "model=shape model.name=shape-qwen3-0.6b model.dtype=float32 model.device=cpu" in p.stdout
     assert re.search(r"^\s+extract\s+[\d.]+\s", p.stdout, re.M)
     assert "model loads: 1" in p.stdout
+    # A failing study still leaves the kernel measurements, printed again at the end, and fails the call.
+    env["PIPELINE_ARGS"] += " extract.k=0"
+    p = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=900, env=env, cwd=tmp_path)
+    assert p.returncode != 0
+    end = p.stdout[p.stdout.index("=== benchmarks/gpu.py (exit 0) ==="):]
+    assert "cached step" in end and f"=== benchmarks/pipeline.py (exit {p.returncode};" in end
+    assert "extract.k=0: the function vector needs at least one head" in end
