@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import torch
 
-SHAPE_PREFIX = "shape-"
-
 # From the models' published configs (config.json on the hub).
 SHAPES = {
     "llama3-8b": ("llama", dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
