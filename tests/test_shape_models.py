@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from fvtrain.models.loading import ModelNotFoundError, ModelOptionError, config_geometry, load_config, load_model, resolve_source
+from fvtrain.models.loading import (ModelNotFoundError, ModelOptionError, config_geometry, load_config, load_model,
+                                    load_tokenizer, resolve_source)
 from helpers import run_cli, single_run_dir
 
 
@@ -57,6 +58,8 @@ def test_a_shape_model_takes_its_tokenizers_vocabulary(tmp_path):
     lm = load_model("shape-qwen3-0.6b", layers=1, tokenizer=str(tmp_path / "tok"), self_check=True)
     assert lm.model.config.vocab_size == 151936 and lm.n_layers == 1 and lm.n_heads == 16
     assert lm.source.kind == "shape" and len(lm.tokenizer) < 400
+    assert len(load_tokenizer(str(tmp_path / "tok"))) == len(lm.tokenizer)  # a tokenizer-only folder
+    assert len(load_tokenizer("shape-llama3-8b")) == 262_144  # the embedded Gemma tokenizer
 
 
 def test_a_shape_larger_than_free_memory_is_refused_before_allocating(monkeypatch):

@@ -223,10 +223,18 @@ def _local_path(source: ModelSource) -> tuple[str, dict]:
 
 
 def load_tokenizer(name: str, revision: str | None = None, trust_remote_code: bool = False):
-    """The tokenizer of a model name/path/alias (the GGUF cache is built if needed)."""
+    """The tokenizer of a model name/path/alias (the GGUF cache is built if needed), or of a
+    tokenizer-only folder (a tokenizer's ``save_pretrained``: what a machine without the embedded
+    package can carry). A shape model's prompts use the embedded model's tokenizer."""
     from transformers import AutoTokenizer
 
+    p = Path(name).expanduser()
+    if p.is_dir() and not (p / "config.json").is_file() and \
+            any((p / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
+        return AutoTokenizer.from_pretrained(str(p), trust_remote_code=trust_remote_code)
     source = resolve_source(name, revision)
+    if source.kind == "shape":
+        return load_tokenizer("gemma3-270m")
     if source.kind == "tiny":
         from fvtrain.models.tiny import tiny_tokenizer
 
@@ -277,12 +285,12 @@ def load_model(
     torch_dtype = resolve_dtype(dtype)
     check_model_options(name, layers, tokenizer)
     if source.kind == "shape":
-        from fvtrain.models.shapes import shape_bytes, shape_model
+        from fvtrain.models.shapes import SHAPES, shape_bytes, shape_model
         from fvtrain.models.wrapper import free_memory
 
         log.warning("%s: random weights of that shape, for timing; its accuracies mean nothing", name)
-        tok = _prompt_tokenizer(tokenizer)
-        vocab = max(len(tok), _shape_vocab(name[6:]))
+        tok = load_tokenizer(tokenizer or name)
+        vocab = max(len(tok), SHAPES[name[6:]][1]["vocab_size"])
         need, free = shape_bytes(name[6:], torch_dtype, layers, vocab), free_memory(torch.device(device))
         if need > free:  # random init would otherwise fill the machine and be killed without a word
             half = "model.dtype=bfloat16, " if torch_dtype == torch.float32 else ""
@@ -334,23 +342,6 @@ def check_model_options(name: str, layers: int | None = None, tokenizer: str | N
     if (layers is not None or tokenizer is not None) and resolve_source(name).kind != "shape":
         raise ModelOptionError(f"model.layers and model.tokenizer apply to random-weight shape models "
                                f"(model.name=shape-...) only, not to {name!r}; leave them null")
-
-
-def _prompt_tokenizer(tokenizer: str | None):
-    """A shape model's tokenizer: the embedded model's, any model's, or a tokenizer-only folder
-    (``save_pretrained`` of a tokenizer: a GPU box without the embedded package can carry one)."""
-    p = Path(tokenizer).expanduser() if tokenizer else None
-    if p is not None and p.is_dir() and not (p / "config.json").is_file():
-        from transformers import AutoTokenizer
-
-        return AutoTokenizer.from_pretrained(str(p))
-    return load_tokenizer(tokenizer or "gemma3-270m")
-
-
-def _shape_vocab(shape: str) -> int:
-    from fvtrain.models.shapes import SHAPES
-
-    return SHAPES[shape][1]["vocab_size"]
 
 
 def load_config(name: str, revision: str | None = None, trust_remote_code: bool = False,
