@@ -195,6 +195,32 @@ def test_completion_of_several_methods_in_one_pass_equals_full_forwards(family):
     assert got["none"]["correct"] == solved(lm, b).int().tolist()
 
 
+@pytest.mark.parametrize("family, attn", [("llama", "eager"), ("gemma3", "sdpa"), ("gpt2", "eager"),
+                                          ("gptj", "sdpa"), ("qwen3", "sdpa")])
+def test_layer_sweep_equals_completion_at_each_layer(family, attn):
+    """The layer sweep (every layer's injection as rows of one forward per batch) gives, layer by
+    layer, what completion with the vector at that layer gives, on left-padded zero-shot and ICL
+    prompts, with batches that do not divide the prompts."""
+    from fvtrain.evaluation.relation import completion, layer_sweep
+    from fvtrain.prompts import icl, zero_shot
+
+    lm = load_model(f"tiny-{family}", attn_implementation=attn)
+    T = PromptTemplate()
+    words = [("hot", "cold"), ("big", "small"), ("up", "down"), ("good", "bad"), ("fast", "slow"),
+             ("open", "close"), ("light", "dark")]
+    rng = random.Random(1)
+    prompts = [zero_shot(T, x) if i % 2 else icl(T, rng.sample(words, 2), x) for i, (x, _) in enumerate(words)]
+    answers = [[y] for _, y in words]
+    v = torch.randn(lm.d_model, generator=torch.Generator().manual_seed(2)) * 4
+    got = layer_sweep(lm, prompts, answers, v, batch_size=3)
+    assert len(got["acc"]) == len(got["prob"]) == lm.n_layers
+    for layer in range(lm.n_layers):
+        want = completion(lm, prompts, answers, v, layer, batch_size=3)
+        assert got["acc"][layer] == pytest.approx(want["acc"]), layer
+        assert got["prob"][layer] == pytest.approx(want["prob"], rel=1e-5), layer
+    assert len(set(got["prob"])) == lm.n_layers  # each layer's own injection
+
+
 def test_auto_max_rows_fits_free_memory_and_gives_the_same_aie():
     """extract.max_rows=auto: the rows' keys/values copies, one block's activations and a vocabulary
     block fit in a quarter of free memory, in multiples of 16, at most 2,048 on a CPU; the AIE is
