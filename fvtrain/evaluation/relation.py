@@ -122,23 +122,27 @@ def layer_sweep(
 ) -> dict[str, list[float]]:
     """Accuracy and P(first token) with the vector injected at each layer, in one pass per batch.
 
-    Every prompt's prefix is run once; its last token is then run once per layer as rows of one
-    batch (row ``b * L + l`` gets the vector at layer ``l``).
+    Every prompt's prefix is run once, and its unedited last token once, recording the residual
+    entering each block. The last token then runs once per layer as rows of one forward: row
+    ``l`` (the vector added to block ``l``'s output) joins at block ``l`` from that residual
+    (:func:`fvtrain.models.hooks.join_at`), since blocks below the edit compute what the unedited
+    token did. Block ``j`` runs ``j + 1`` rows per prompt instead of ``L``.
     """
     L = lm.n_layers
     correct = torch.zeros(L)
     prob = torch.zeros(L)
     n = 0
-    layers_of_row = None
+    starts = torch.arange(L)
     for i in range(0, len(prompts), batch_size):
         b = make_batch(lm.tokenizer, prompts[i : i + batch_size], answers[i : i + batch_size])
         B = len(b)
         ids, mask = b.prompt_ids, b.prompt_mask
         cache = lm.prefix_cache(ids, mask)
-        layers_of_row = torch.arange(L).repeat(B)
-        edits = [(l, vector, (layers_of_row == l).nonzero(as_tuple=True)[0]) for l in range(L)]
+        _, resid = lm.last_token_inputs(ids, mask, cache)
+        # At block l each prompt runs its first l + 1 rows: row l of prompt p is p * (l + 1) + l there.
+        edits = [(l, vector, torch.arange(B) * (l + 1) + l) for l in range(L)]
         with torch.no_grad(), lm.inject_many(edits):
-            hidden = lm.last_token(ids, mask, cache, repeat=L, hidden_only=True)
+            hidden = lm.last_token(ids, mask, cache, repeat=L, hidden_only=True, join=(starts, resid))
         p, ok = first_token_outcomes(lm, hidden, b, L)
         correct += ok.float().sum(0).cpu()
         prob += p.sum(0).cpu()
